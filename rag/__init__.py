@@ -1,0 +1,82 @@
+"""Cited answers over a collection of news articles, offline.
+
+    import rag
+    rag.ingest()                       # index settings.corpus_dir (incremental)
+    ans = rag.query("Who offered to host the talks?")
+    print(ans.text, ans.citations)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rag.settings import Settings, get_settings
+from rag.types import Answer, Article, Citation, IngestReport, Passage
+
+if TYPE_CHECKING:
+    from rag.index import IndexedArticle
+    from rag.pipeline import Pipeline
+
+__all__ = [
+    "Answer",
+    "Article",
+    "Citation",
+    "IngestReport",
+    "Passage",
+    "Settings",
+    "article",
+    "articles",
+    "configure",
+    "get_pipeline",
+    "get_settings",
+    "ingest",
+    "query",
+]
+
+_pipeline: Pipeline | None = None
+_lock = threading.Lock()
+
+
+def configure(settings: Settings | None = None, **overrides: Any) -> Settings:
+    """Use these settings from now on (e.g. ``rag.configure(index_dir="/tmp/idx")``)."""
+    global _pipeline
+    base = settings or get_settings()
+    chosen = base.model_copy(update=overrides) if overrides else base
+    from rag.pipeline import Pipeline
+
+    with _lock:
+        _pipeline = Pipeline(chosen)
+    return chosen
+
+
+def get_pipeline() -> Pipeline:
+    global _pipeline
+    with _lock:
+        if _pipeline is None:
+            from rag.pipeline import Pipeline
+
+            _pipeline = Pipeline(get_settings())
+        return _pipeline
+
+
+def ingest(paths: Iterable[str | Path] | None = None, *, rebuild: bool = False) -> IngestReport:
+    """Index the corpus folder (or the given files and folders): new and changed articles are embedded,
+    deleted files are removed, unchanged ones cost nothing."""
+    return get_pipeline().ingest(paths, rebuild=rebuild)
+
+
+def query(question: str, history: Sequence[dict[str, Any]] | None = None) -> Answer:
+    """Answer from the articles, with citations; ``history`` is the chat so far, for follow-ups."""
+    return get_pipeline().query(question, history)
+
+
+def article(article_id: str) -> IndexedArticle:
+    """The indexed article, whose ``text`` every citation's offsets point into."""
+    return get_pipeline().article(article_id)
+
+
+def articles() -> list[IndexedArticle]:
+    return get_pipeline().articles()

@@ -1,0 +1,209 @@
+"""Stage 5: the extractive answer: the sentence (or tightest clause) that answers, quoted and cited.
+
+Candidate sentences come from the top retrieved passages. Each is scored by meaning (cosine to the
+question), by the question's words it contains, by its passage's rank, and by whether it holds the
+kind of thing asked for (a number for "how many", a name for "who"). The best is quoted verbatim with
+its offsets; a second one from another article joins it when it scores nearly as well, so a question
+spanning two articles cites both. Weak best evidence means the articles do not answer: we say so.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rag.chunking import Span, sentence_spans
+from rag.retrieve import Candidate, shingles, jaccard, tokenize
+from rag.settings import Settings
+from rag.types import Answer, Citation, Passage
+
+if TYPE_CHECKING:
+    from rag.embeddings import Embedder
+    from rag.index import IndexedArticle
+
+NOT_FOUND = "The articles do not say."
+_WORD = re.compile(r"\S+")
+_NUMBER = re.compile(r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|hundred|thousand|million|billion)\b",
+                     re.IGNORECASE)
+_DATE = re.compile(r"\b(1[89]\d\d|20\d\d|january|february|march|april|may|june|july|august|september|"
+                   r"october|november|december|monday|tuesday|wednesday|thursday|friday|saturday|sunday|"
+                   r"week|month|year|today|yesterday)\b", re.IGNORECASE)
+_PROPER = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z’'-]+")
+_TERMINAL = re.compile(r"[.!?…][\"'”’)\]]*$")
+# Shorter than this is a fragment ("Come."), not an answer.
+_MIN_ANSWER_WORDS = 4
+# Unpunctuated lines shorter than this are headlines and section titles.
+_HEADLINE_MAX_WORDS = 15
+_CLAUSE = re.compile(r"(?<=[,;:—–])\s+|\s+(?=[—–]\s)")
+
+
+@dataclass
+class Scorer:
+    """Weights of the sentence score; together they sum to about 1 so the threshold reads as a score."""
+
+    meaning: float = 0.55
+    words: float = 0.30
+    rank: float = 0.10
+    kind: float = 0.05
+
+
+@dataclass
+class Evidence:
+    article: IndexedArticle
+    span: Span
+    score: float
+    passage_rank: int
+
+    @property
+    def text(self) -> str:
+        return self.article.text[self.span.start : self.span.end]
+
+
+def expected_kind(question: str) -> str | None:
+    """What sort of answer the question wants, from its wh-word."""
+    q = question.lower()
+    if re.search(r"\bhow (many|much|far|long|old)\b|\bwhat (number|percentage|share)\b", q):
+        return "number"
+    if re.search(r"\bwhen\b|\bwhat (year|date|day|month)\b", q):
+        return "date"
+    if re.search(r"\bwho\b|\bwhom\b|\bwhose\b", q):
+        return "name"
+    if re.search(r"\bwhere\b|\bwhich (city|country|capital|place|venue)\b", q):
+        return "name"
+    return None
+
+
+def has_kind(sentence: str, kind: str | None) -> bool:
+    if kind == "number":
+        return bool(_NUMBER.search(sentence))
+    if kind == "date":
+        return bool(_DATE.search(sentence))
+    if kind == "name":
+        return bool(_PROPER.search(sentence))
+    return False
+
+
+def is_statement(sentence: str) -> bool:
+    """A sentence that can answer: not a headline or section title, not a fragment."""
+    words = len(_WORD.findall(sentence))
+    return words >= _MIN_ANSWER_WORDS and (words >= _HEADLINE_MAX_WORDS or bool(_TERMINAL.search(sentence)))
+
+
+def word_overlap(question_tokens: set[str], sentence: str) -> float:
+    if not question_tokens:
+        return 0.0
+    return len(question_tokens & set(tokenize([sentence])[0])) / len(question_tokens)
+
+
+class ExtractiveAnswerer:
+    def __init__(self, embedder: Embedder, settings: Settings, scorer: Scorer | None = None) -> None:
+        self.embedder = embedder
+        self.settings = settings
+        self.scorer = scorer or Scorer()
+
+    def candidate_sentences(
+        self, candidates: list[Candidate], articles: dict[str, IndexedArticle]
+    ) -> list[tuple[IndexedArticle, Span, int]]:
+        seen: set[tuple[str, int]] = set()
+        texts: set[str] = set()
+        found: list[tuple[IndexedArticle, Span, int]] = []
+        for rank, cand in enumerate(candidates):
+            article = articles[cand.chunk.article_id]
+            for span in sentence_spans(article.text, cand.chunk.start, cand.chunk.end):
+                text = article.text[span.start : span.end]
+                key = (article.id, span.start)
+                if key in seen or text in texts or not is_statement(text):
+                    continue
+                seen.add(key)
+                texts.add(text)
+                found.append((article, span, rank))
+        return found
+
+    def score(self, question: str, sentences: list[tuple[IndexedArticle, Span, int]]) -> list[Evidence]:
+        if not sentences:
+            return []
+        texts = [a.text[s.start : s.end] for a, s, _ in sentences]
+        question_vector = self.embedder.embed_query(question)
+        meaning = self.embedder.embed_cached(texts) @ question_vector
+        q_tokens = set(tokenize([question])[0])
+        kind = expected_kind(question)
+        w = self.scorer
+        scored = []
+        for (article, span, rank), text, cosine in zip(sentences, texts, meaning, strict=True):
+            value = (
+                w.meaning * float(cosine)
+                + w.words * word_overlap(q_tokens, text)
+                + w.rank / (1 + rank)
+                + w.kind * has_kind(text, kind)
+            )
+            scored.append(Evidence(article, span, value, rank))
+        return sorted(scored, key=lambda e: e.score, reverse=True)
+
+    def tighten(self, evidence: Evidence, question: str) -> Span:
+        """Quote the best window of clauses when the whole sentence is longer than an answer may be."""
+        text = evidence.text
+        limit = self.settings.answer_max_words
+        if len(_WORD.findall(text)) <= limit:
+            return evidence.span
+        cuts = [0] + [m.end() for m in _CLAUSE.finditer(text)] + [len(text)]
+        clauses = [Span(cuts[i], cuts[i + 1]) for i in range(len(cuts) - 1)]
+        q_tokens = set(tokenize([question])[0])
+        best: tuple[float, Span] | None = None
+        for i in range(len(clauses)):
+            for j in range(i, len(clauses)):
+                window = text[clauses[i].start : clauses[j].end]
+                if len(_WORD.findall(window)) > limit:
+                    break
+                key = word_overlap(q_tokens, window)
+                if best is None or key > best[0]:
+                    best = (key, Span(clauses[i].start, clauses[j].end))
+        if best is None:  # a single clause longer than the limit: cut at a word boundary
+            words = list(_WORD.finditer(text))
+            best = (0.0, Span(0, words[limit - 1].end()))
+        window = best[1]
+        start, end = evidence.span.start + window.start, evidence.span.start + window.end
+        stripped = evidence.article.text[start:end]
+        end -= len(stripped) - len(stripped.rstrip(" ,;:—–"))
+        start += len(stripped) - len(stripped.lstrip())
+        return Span(start, end)
+
+    def pick(self, ranked: list[Evidence]) -> list[Evidence]:
+        """The best sentence, and one from another article when it is nearly as good and says more."""
+        best = ranked[0]
+        chosen = [best]
+        for other in ranked[1:4]:
+            if other.article.id == best.article.id or best.score - other.score > 0.03:
+                continue
+            if jaccard(shingles(other.text), shingles(best.text)) > self.settings.dedup_threshold:
+                continue
+            chosen.append(other)
+            break
+        return chosen
+
+    def answer(
+        self,
+        question: str,
+        search_query: str,
+        candidates: list[Candidate],
+        articles: dict[str, IndexedArticle],
+        passages: list[Passage],
+    ) -> Answer:
+        pool = candidates[: self.settings.top_k]
+        ranked = self.score(search_query, self.candidate_sentences(pool, articles))
+        if not ranked or ranked[0].score < self.settings.min_answer_score:
+            return Answer(text=NOT_FOUND, found=False, passages=passages, question=question,
+                          search_query=search_query)
+        citations: list[Citation] = []
+        parts: list[str] = []
+        for n, evidence in enumerate(self.pick(ranked), start=1):
+            span = self.tighten(evidence, search_query)
+            quote = evidence.article.text[span.start : span.end]
+            citations.append(Citation(n=n, article_id=evidence.article.id, title=evidence.article.title,
+                                      quote=quote, start=span.start, end=span.end,
+                                      score=round(float(np.clip(evidence.score, 0, 1)), 4)))
+            parts.append(f"{quote} [{n}]")
+        return Answer(text=" ".join(parts), found=True, citations=citations, passages=passages,
+                      question=question, search_query=search_query)

@@ -1,0 +1,214 @@
+"""Stage 1: read article files (.txt, .md, .html), decode them, clean away web boilerplate, find metadata.
+
+The cleaned text returned here is the canonical article text: chunks, passages and citations all carry
+offsets into it, so it is computed once, deterministically, and stored with the index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from rag.types import Article, SkippedFile
+
+SUPPORTED_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".html", ".htm"})
+_RULES_FILE = Path(__file__).with_name("cleaning_rules.toml")
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*\r?\n", re.DOTALL)
+_FRONT_MATTER_KEYS = ("title", "outlet", "date")
+_TITLE_MAX_CHARS = 200
+
+
+class ArticleError(ValueError):
+    """A file that cannot become an article; the message says why, for the ingest report."""
+
+
+@dataclass(frozen=True)
+class CleaningRules:
+    drop_lines: tuple[re.Pattern[str], ...]
+    substitutions: tuple[tuple[re.Pattern[str], str], ...]
+
+    @classmethod
+    def from_toml(cls, path: Path) -> CleaningRules:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return cls(
+            drop_lines=tuple(re.compile(p, re.IGNORECASE) for p in data.get("drop_lines", [])),
+            substitutions=tuple(
+                (re.compile(p, re.IGNORECASE), repl) for p, repl in data.get("substitutions", [])
+            ),
+        )
+
+
+@lru_cache(maxsize=1)
+def default_rules() -> CleaningRules:
+    return CleaningRules.from_toml(_RULES_FILE)
+
+
+def clean_text(raw: str, rules: CleaningRules | None = None) -> str:
+    """Drop boilerplate lines and spans, normalise whitespace; idempotent."""
+    rules = rules or default_rules()
+    text = raw.replace("\r\n", "\n").replace("\r", "\n").replace("\u00a0", " ")
+    kept: list[str] = []
+    for line in text.split("\n"):
+        for pattern, replacement in rules.substitutions:
+            line = pattern.sub(replacement, line)
+        line = re.sub(r"[ \t]+", " ", line).strip()
+        if line and any(p.fullmatch(line) for p in rules.drop_lines):
+            continue
+        kept.append(line)
+    cleaned = "\n".join(kept)
+    return re.sub(r"\n{3,}", "\n\n", cleaned).strip()
+
+
+def decode_bytes(data: bytes) -> str:
+    """Decode what can honestly be decoded; refuse binary data rather than index garbage."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    if data.startswith(b"\xef\xbb\xbf"):
+        return data[3:].decode("utf-8", errors="strict")
+    sample = data[:8192]
+    if b"\x00" in sample or _control_ratio(sample) > 0.05:
+        raise ArticleError("binary file, not text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        # Not UTF-8: legacy Western encodings are by far the most common case for news text.
+        return data.decode("cp1252", errors="strict") if _is_cp1252(data) else data.decode("latin-1")
+
+
+def _control_ratio(sample: bytes) -> float:
+    if not sample:
+        return 0.0
+    controls = sum(1 for b in sample if b < 32 and b not in (9, 10, 12, 13))
+    return controls / len(sample)
+
+
+def _is_cp1252(data: bytes) -> bool:
+    try:
+        data.decode("cp1252")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def split_front_matter(text: str) -> tuple[dict[str, str], str]:
+    """Optional ``---`` block of ``key: value`` lines at the top of a text or Markdown file."""
+    match = _FRONT_MATTER.match(text)
+    if not match:
+        return {}, text
+    meta: dict[str, str] = {}
+    for line in match.group(1).splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in _FRONT_MATTER_KEYS and value.strip():
+            meta[key.strip().lower()] = value.strip()
+    return meta, text[match.end() :]
+
+
+def html_to_text(html: str) -> tuple[dict[str, str], str]:
+    """Visible article text and metadata of an HTML page; scripts, styles and page chrome are dropped."""
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(html, "html.parser")
+    meta: dict[str, str] = {}
+    for key, selectors in {
+        "title": ['meta[property="og:title"]', "h1", "title"],
+        "outlet": ['meta[property="og:site_name"]'],
+        "date": ['meta[property="article:published_time"]', "time[datetime]", 'meta[name="date"]'],
+    }.items():
+        for selector in selectors:
+            node = soup.select_one(selector)
+            if node is None:
+                continue
+            value = node.get("content") or node.get("datetime") or node.get_text(" ", strip=True)
+            if isinstance(value, str) and value.strip():
+                meta[key] = value.strip()
+                break
+    for tag in soup(["script", "style", "noscript", "template", "iframe", "svg", "form", "nav", "header",
+                     "footer", "aside", "button"]):
+        tag.decompose()
+    root = soup.find("article") or soup.body or soup
+    return meta, root.get_text("\n")
+
+
+def article_id_for(path: Path) -> str:
+    """A readable, stable id from the file name (``Serbia talks.txt`` -> ``serbia-talks``)."""
+    slug = re.sub(r"[^a-z0-9_]+", "-", path.stem.lower()).strip("-")
+    return slug or hashlib.sha1(str(path).encode()).hexdigest()[:12]
+
+
+def guess_title(text: str) -> str:
+    """The first line when it reads like a headline, else the start of the first sentence."""
+    first_line = next((line.strip() for line in text.split("\n") if line.strip()), "")
+    if len(first_line) <= _TITLE_MAX_CHARS:
+        return first_line.rstrip(".").strip()
+    return first_line[:100].rsplit(" ", 1)[0] + "…"
+
+
+def content_hash(title: str, text: str, outlet: str | None, date: str | None) -> str:
+    payload = json.dumps([title, text, outlet, date], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def parse_article(raw: str, *, suffix: str, article_id: str, source: str) -> Article:
+    """Build an Article from decoded file content; raises ArticleError when nothing is left."""
+    if suffix in (".html", ".htm"):
+        meta, body = html_to_text(raw)
+    else:
+        meta, body = split_front_matter(raw)
+    text = clean_text(body)
+    if not text:
+        raise ArticleError("no article text after cleaning (empty file?)")
+    title = clean_text(meta.get("title", "")) or guess_title(text)
+    outlet, date = meta.get("outlet"), meta.get("date")
+    return Article(
+        id=article_id,
+        title=title,
+        text=text,
+        source=source,
+        outlet=outlet,
+        date=date,
+        content_hash=content_hash(title, text, outlet, date),
+    )
+
+
+def load_article(path: Path, *, max_bytes: int, article_id: str | None = None) -> Article:
+    """Read one file into a cleaned Article, or raise ArticleError with a reason a user can act on."""
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise ArticleError(f"unsupported file type '{suffix or path.name}' (use .txt, .md or .html)")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ArticleError(f"file is {size:,} bytes, over the {max_bytes:,}-byte limit (RAG_MAX_FILE_BYTES)")
+    raw = decode_bytes(path.read_bytes())
+    return parse_article(
+        raw, suffix=suffix, article_id=article_id or article_id_for(path), source=str(path.resolve())
+    )
+
+
+def discover_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Article files under the given files and folders, in a stable order; hidden files are skipped."""
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                relative = child.relative_to(path)
+                if child.is_file() and not any(part.startswith(".") for part in relative.parts):
+                    yield child
+        elif path.exists():
+            yield path
+
+
+def load_articles(paths: Iterable[Path], *, max_bytes: int) -> tuple[list[Article], list[SkippedFile]]:
+    """Load every file it can; the rest are reported with a reason, never silently dropped."""
+    articles: list[Article] = []
+    skipped: list[SkippedFile] = []
+    for path in discover_files(paths):
+        try:
+            articles.append(load_article(path, max_bytes=max_bytes))
+        except (ArticleError, UnicodeDecodeError, OSError) as exc:
+            skipped.append(SkippedFile(path=str(path), reason=str(exc)))
+    return articles, skipped

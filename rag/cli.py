@@ -1,0 +1,100 @@
+"""The ``rag`` command: a thin layer over the Python API (``rag.ingest``, ``rag.query``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+import rag
+
+app = typer.Typer(help="Cited answers over your news articles, offline.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+console = Console()
+
+
+@app.callback()
+def main(
+    corpus_dir: Annotated[Path | None, typer.Option(help="Folder of articles [env: RAG_CORPUS_DIR]")] = None,
+    index_dir: Annotated[Path | None, typer.Option(help="Index folder [env: RAG_INDEX_DIR]")] = None,
+    embedding_model: Annotated[
+        str | None, typer.Option(help="Model folder or package [env: RAG_EMBEDDING_MODEL]")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(help="Passages per answer [env: RAG_TOP_K]")] = None,
+) -> None:
+    """Flags override RAG_* environment variables, which override the defaults."""
+    overrides: dict[str, Any] = {
+        "corpus_dir": corpus_dir, "index_dir": index_dir, "embedding_model": embedding_model, "top_k": top_k,
+    }
+    rag.configure(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]Error:[/] {escape(message)}")
+    return typer.Exit(code=1)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Files or folders (default: the corpus folder)")]
+    = None,
+    rebuild: Annotated[bool, typer.Option(help="Delete the index and build it again")] = False,
+) -> None:
+    """Index new and changed articles and drop deleted ones (running it twice changes nothing)."""
+    from rag.index import IndexError_
+
+    try:
+        report = rag.ingest(paths or None, rebuild=rebuild)
+    except IndexError_ as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"added {len(report.added)}, updated {len(report.updated)}, removed {len(report.removed)}, "
+        f"unchanged {len(report.unchanged)}, skipped {len(report.skipped)}; "
+        f"{report.chunks_embedded} chunks embedded in {report.seconds:.1f} s"
+    )
+    for skipped in report.skipped:
+        console.print(f"  [yellow]skipped[/] {escape(skipped.path)}: {escape(skipped.reason)}")
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="Your question")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the Answer as JSON")] = False,
+) -> None:
+    """Answer a question from the articles, with numbered citations."""
+    from rag.index import IndexError_
+    from rag.pipeline import QuestionError
+
+    try:
+        answer = rag.query(question)
+    except (QuestionError, IndexError_) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(answer.model_dump(), ensure_ascii=False, indent=2))
+        return
+    console.print(escape(answer.text), style=None if answer.found else "italic")
+    for c in answer.citations:
+        console.print(f"\n[bold][{c.n}][/] {escape(c.title)} [dim]({escape(c.article_id)}, "
+                      f"chars {c.start}-{c.end})[/]\n    “{escape(c.quote)}”")
+    if not answer.found and answer.passages:
+        titles = list(dict.fromkeys(p.title for p in answer.passages))
+        console.print(f"\n[dim]Searched the closest passages in: {escape('; '.join(titles))}[/]")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [env: GRADIO_SERVER_NAME]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [env: GRADIO_SERVER_PORT]")] = None,
+) -> None:
+    """Start the web chat (builds the index first if there is none)."""
+    import app as web
+
+    web.launch(host=host, port=port)
+
+
+if __name__ == "__main__":
+    app()

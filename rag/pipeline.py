@@ -1,0 +1,143 @@
+"""The pipeline wired together: ingest (load -> clean -> chunk -> embed -> index) and query
+(resolve follow-up -> retrieve -> answer). ``rag.ingest`` / ``rag.query`` call one shared instance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rag.answer import ExtractiveAnswerer
+from rag.articles import load_articles
+from rag.chunking import chunk_article
+from rag.embeddings import Embedder
+from rag.followup import resolve_followup
+from rag.index import ArticleIndex, IndexedArticle
+from rag.retrieve import Candidate, HybridRetriever
+from rag.settings import Settings
+from rag.types import Answer, Article, IngestReport, Passage, SkippedFile
+
+log = logging.getLogger(__name__)
+
+
+class QuestionError(ValueError):
+    """A question the pipeline will not run (empty, too long); the message is for the user."""
+
+
+class ArticleNotFoundError(KeyError):
+    pass
+
+
+class Pipeline:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.embedder = Embedder(settings.embedding_model, settings.embedding_batch_size)
+        self.index = ArticleIndex(settings, self.embedder)
+        self.retriever = HybridRetriever(self.index, self.embedder, settings)
+        self.answerer = ExtractiveAnswerer(self.embedder, settings)
+        self._ready = threading.Lock()
+
+    # --- ingest ------------------------------------------------------------------------------------
+    def ingest(self, paths: Iterable[str | Path] | None = None, *, rebuild: bool = False) -> IngestReport:
+        """Index new and changed articles, drop deleted ones; a second run changes nothing."""
+        started = time.perf_counter()
+        targets = [Path(p) for p in paths] if paths is not None else [Path(self.settings.corpus_dir)]
+        with self.index.writing(str(p) for p in targets):
+            if rebuild:
+                self.index.wipe()
+            else:
+                self.index.check_compatible()
+            report = IngestReport()
+            loaded, report.skipped = load_articles(targets, max_bytes=self.settings.max_file_bytes)
+            articles = self._plan(loaded, report)
+            report.chunks_embedded = self.index.sync(articles, progress=self.settings.progress)
+        report.seconds = round(time.perf_counter() - started, 3)
+        return report
+
+    def _plan(self, loaded: list[Article], report: IngestReport) -> dict[str, IndexedArticle]:
+        """The article set after this ingest: the old one, minus gone files, plus what was loaded."""
+        current = dict(self.index.articles)
+        skipped_sources = {str(Path(s.path).resolve()) for s in report.skipped}
+        for article_id, article in list(current.items()):
+            if not Path(article.source).is_file() or article.source in skipped_sources:
+                report.removed.append(article_id)
+                del current[article_id]
+        texts = {hashlib.sha256(a.text.encode()).hexdigest(): a.id for a in current.values()}
+        for article in loaded:
+            article = self._unique_id(article, current)
+            previous = current.get(article.id)
+            if previous is not None and previous.content_hash == article.content_hash:
+                report.unchanged.append(article.id)
+                continue
+            digest = hashlib.sha256(article.text.encode()).hexdigest()
+            twin = texts.get(digest)
+            if twin is not None and twin != article.id:
+                report.skipped.append(SkippedFile(path=article.source, reason=f"same text as article '{twin}'"))
+                continue
+            texts[digest] = article.id
+            chunks = chunk_article(article, self.settings.chunk_size, self.settings.chunk_overlap_sentences)
+            current[article.id] = IndexedArticle(**article.model_dump(), chunks=[(c.start, c.end) for c in chunks])
+            (report.updated if previous is not None else report.added).append(article.id)
+        return current
+
+    @staticmethod
+    def _unique_id(article: Article, current: dict[str, IndexedArticle]) -> Article:
+        """Two files with the same name in different folders must not overwrite each other."""
+        existing = current.get(article.id)
+        if existing is None or existing.source == article.source:
+            return article
+        suffix = hashlib.sha1(article.source.encode()).hexdigest()[:6]
+        return article.model_copy(update={"id": f"{article.id}-{suffix}"})
+
+    def ensure_ready(self) -> None:
+        """Build the index on first use and finish an ingest that a crash interrupted."""
+        with self._ready:
+            interrupted = self.index.interrupted
+            if interrupted is not None:
+                log.warning("Completing an interrupted ingest of %s", interrupted or "the corpus")
+                self.ingest(interrupted or None)
+            elif not self.index.exists:
+                self.ingest()
+            else:
+                self.index.check_compatible()
+
+    # --- query -------------------------------------------------------------------------------------
+    def validate(self, question: str) -> str:
+        cleaned = " ".join((question or "").split())
+        if not any(ch.isalnum() for ch in cleaned):
+            raise QuestionError("Please ask a question (the text was empty or had no words).")
+        if len(cleaned) > self.settings.max_question_chars:
+            raise QuestionError(
+                f"The question is {len(cleaned):,} characters long; the limit is "
+                f"{self.settings.max_question_chars:,} (RAG_MAX_QUESTION_CHARS). Please shorten it."
+            )
+        return cleaned
+
+    def query(self, question: str, history: Sequence[dict[str, Any]] | None = None) -> Answer:
+        cleaned = self.validate(question)
+        self.ensure_ready()
+        search_query = resolve_followup(cleaned, history)
+        candidates = self.retriever.search(search_query)
+        passages = [self._passage(c) for c in candidates[: max(self.settings.top_k, 5)]]
+        return self.answerer.answer(cleaned, search_query, candidates, self.index.articles, passages)
+
+    def _passage(self, candidate: Candidate) -> Passage:
+        chunk = candidate.chunk
+        return Passage(article_id=chunk.article_id, title=self.index.articles[chunk.article_id].title,
+                       text=chunk.text, start=chunk.start, end=chunk.end, score=round(candidate.fused, 6))
+
+    def article(self, article_id: str) -> IndexedArticle:
+        self.ensure_ready()
+        try:
+            return self.index.articles[article_id]
+        except KeyError:
+            raise ArticleNotFoundError(f"No article '{article_id}' in the index.") from None
+
+    def articles(self) -> list[IndexedArticle]:
+        self.ensure_ready()
+        return list(self.index.articles.values())

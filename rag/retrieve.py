@@ -1,0 +1,140 @@
+"""Stage 4: hybrid retrieval: BM25 and dense search, fused by reciprocal rank, near-duplicates removed.
+
+BM25 catches the rare names and numbers that a small embedding model blurs; dense search catches
+paraphrases that share no words with the article. Reciprocal-rank fusion needs no score calibration
+between the two, which matters because their scores live on unrelated scales.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rag.settings import Settings
+from rag.types import Chunk
+
+if TYPE_CHECKING:
+    import bm25s
+
+    from rag.embeddings import Embedder
+    from rag.index import ArticleIndex
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass
+class Candidate:
+    """A chunk on its way through fusion, with what each retriever thought of it."""
+
+    chunk: Chunk
+    fused: float = 0.0
+    dense: float = 0.0  # cosine similarity to the query, -1..1
+    dense_rank: int | None = None
+    sparse_rank: int | None = None
+    shingles: frozenset[tuple[str, ...]] = field(default_factory=frozenset)
+
+
+@lru_cache(maxsize=1)
+def _stemmer():  # type: ignore[no-untyped-def]
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
+
+
+def tokenize(texts: list[str]) -> list[list[str]]:
+    """Lower-cased, stop-word-free, stemmed tokens: the same analysis for documents and queries."""
+    import bm25s
+
+    return bm25s.tokenize(  # type: ignore[return-value]
+        texts, stopwords="en", stemmer=_stemmer(), return_ids=False, show_progress=False
+    )
+
+
+def shingles(text: str, n: int = 3) -> frozenset[tuple[str, ...]]:
+    words = [w.lower() for w in _WORD.findall(text)]
+    return frozenset(tuple(words[i : i + n]) for i in range(max(len(words) - n + 1, 1)))
+
+
+def jaccard(a: frozenset[tuple[str, ...]], b: frozenset[tuple[str, ...]]) -> float:
+    return len(a & b) / len(a | b) if a and b else 0.0
+
+
+class HybridRetriever:
+    def __init__(self, index: ArticleIndex, embedder: Embedder, settings: Settings) -> None:
+        self.index = index
+        self.embedder = embedder
+        self.settings = settings
+        self._bm25: bm25s.BM25 | None = None
+        self._bm25_chunks: list[Chunk] = []
+        self._bm25_version = -1
+        self._lock = threading.Lock()
+
+    def _sparse_index(self) -> tuple[bm25s.BM25 | None, list[Chunk]]:
+        """BM25 over all chunks, rebuilt only when the index changed since the last build."""
+        with self._lock:
+            if self._bm25_version != self.index.version:
+                import bm25s
+
+                chunks = self.index.all_chunks()
+                model = None
+                if chunks:
+                    model = bm25s.BM25()
+                    model.index(tokenize([c.text for c in chunks]), show_progress=False)
+                self._bm25, self._bm25_chunks, self._bm25_version = model, chunks, self.index.version
+            return self._bm25, self._bm25_chunks
+
+    def sparse_search(self, query: str, k: int) -> list[tuple[Chunk, float]]:
+        model, chunks = self._sparse_index()
+        tokens = tokenize([query])
+        if model is None or not tokens[0]:
+            return []
+        ids, scores = model.retrieve(tokens, k=min(k, len(chunks)), show_progress=False, n_threads=1)
+        return [(chunks[int(i)], float(s)) for i, s in zip(ids[0], scores[0], strict=True) if s > 0]
+
+    def search(self, query: str) -> list[Candidate]:
+        """Fused, de-duplicated candidates, best first."""
+        k = self.settings.candidates
+        query_vector = self.embedder.embed_query(query)
+        pool: dict[tuple[str, int], Candidate] = {}
+        for rank, (chunk, similarity) in enumerate(self.index.dense_search(query_vector.tolist(), k)):
+            cand = pool.setdefault((chunk.article_id, chunk.index), Candidate(chunk))
+            cand.dense, cand.dense_rank = similarity, rank
+            cand.fused += 1.0 / (self.settings.rrf_k + rank + 1)
+        for rank, (chunk, _score) in enumerate(self.sparse_search(query, k)):
+            cand = pool.setdefault((chunk.article_id, chunk.index), Candidate(chunk))
+            cand.sparse_rank = rank
+            cand.fused += 1.0 / (self.settings.rrf_k + rank + 1)
+        self._fill_missing_dense(query_vector, pool.values())
+        ranked = sorted(pool.values(), key=lambda c: c.fused, reverse=True)
+        return self._drop_near_duplicates(ranked)
+
+    def _fill_missing_dense(self, query_vector: np.ndarray, candidates: Iterable[Candidate]) -> None:
+        """BM25-only candidates get a dense similarity too, so later stages can compare all of them."""
+        missing = [c for c in candidates if c.dense_rank is None]
+        if missing:
+            vectors = self.index.chunk_vectors([c.chunk for c in missing])
+            for cand, similarity in zip(missing, vectors @ query_vector, strict=True):
+                cand.dense = float(similarity)
+
+    def _drop_near_duplicates(self, ranked: list[Candidate]) -> list[Candidate]:
+        """Keep the best of each group of passages that say the same thing (or overlap heavily)."""
+        kept: list[Candidate] = []
+        for cand in ranked:
+            cand.shingles = shingles(cand.chunk.text)
+            if not any(self._same_text(cand, other) for other in kept):
+                kept.append(cand)
+        return kept
+
+    def _same_text(self, a: Candidate, b: Candidate) -> bool:
+        if a.chunk.article_id == b.chunk.article_id:
+            overlap = min(a.chunk.end, b.chunk.end) - max(a.chunk.start, b.chunk.start)
+            shorter = min(a.chunk.end - a.chunk.start, b.chunk.end - b.chunk.start)
+            if overlap > 0.5 * shorter:
+                return True
+        return jaccard(a.shingles, b.shingles) > self.settings.dedup_threshold

