@@ -6,12 +6,11 @@ import html
 import os
 from typing import Any
 
+import gradio as gr
+
+import rag
 from rag import offline  # noqa: F401  (analytics off before gradio is imported)
-
-import gradio as gr  # noqa: E402
-
-import rag  # noqa: E402
-from rag.types import Answer  # noqa: E402
+from rag.types import Answer
 
 EXAMPLES = [
     "Which countries have offered to host peace talks?",
@@ -40,8 +39,10 @@ def format_answer(answer: Answer) -> str:
 
 
 def format_passages(answer: Answer) -> str:
-    rows = [f"**{i}. {_safe(p.title)}** (score {p.score:.4f})\n\n{_safe(p.text)}"
-            for i, p in enumerate(answer.passages, start=1)]
+    rows = [
+        f"**{i}. {_safe(p.title)}** (score {p.score:.4f})\n\n{_safe(p.text)}"
+        for i, p in enumerate(answer.passages, start=1)
+    ]
     return "\n\n---\n\n".join(rows) or "_No passages._"
 
 
@@ -56,9 +57,11 @@ def respond(message: str, shown: Messages, plain: Messages) -> tuple[Messages, M
     try:
         answer = rag.query(message, history=plain)
     except QuestionError as exc:
-        return shown + [{"role": "assistant", "content": f"⚠️ {_safe(str(exc))}"}], plain, message, ""
-    shown += [{"role": "user", "content": _safe(message)},
-              {"role": "assistant", "content": format_answer(answer)}]
+        return [*shown, {"role": "assistant", "content": f"⚠️ {_safe(str(exc))}"}], plain, message, ""
+    shown += [
+        {"role": "user", "content": _safe(message)},
+        {"role": "assistant", "content": format_answer(answer)},
+    ]
     plain += [{"role": "user", "content": message}, {"role": "assistant", "content": answer.text}]
     return shown, plain, "", format_passages(answer)
 
@@ -79,21 +82,29 @@ def build_app() -> gr.Blocks:
         plain_history = gr.State([])
         chatbot = gr.Chatbot(label="Chat", height=480, sanitize_html=True, elem_id="chat")
         with gr.Row():
-            box = gr.Textbox(placeholder="Ask a question about the articles…", show_label=False, scale=8,
-                             elem_id="question")
+            box = gr.Textbox(
+                placeholder="Ask a question about the articles…",
+                show_label=False,
+                scale=8,
+                elem_id="question",
+            )
             send = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
         gr.Examples(EXAMPLES, inputs=box)
         with gr.Accordion("Retrieved passages", open=False):
             passages = gr.Markdown(elem_id="passages")
         for trigger in (box.submit, send.click):
-            trigger(respond, [box, chatbot, plain_history], [chatbot, plain_history, box, passages],
-                    api_visibility="private")
+            trigger(
+                respond,
+                [box, chatbot, plain_history],
+                [chatbot, plain_history, box, passages],
+                api_visibility="private",
+            )
         api_q = gr.Textbox(visible=False)
         api_h = gr.JSON(visible=False)
         api_out = gr.JSON(visible=False)
         api_btn = gr.Button(visible=False)
         api_btn.click(ask, [api_q, api_h], api_out, api_name="ask")
-    return demo
+    return demo  # type: ignore[no-any-return]  # gradio's context manager is untyped
 
 
 def launch(host: str | None = None, port: int | None = None) -> None:

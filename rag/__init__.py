@@ -1,9 +1,9 @@
 """Cited answers over a collection of news articles, offline.
 
-    import rag
-    rag.ingest()                       # index settings.corpus_dir (incremental)
-    ans = rag.query("Who offered to host the talks?")
-    print(ans.text, ans.citations)
+import rag
+rag.ingest()                       # index settings.corpus_dir (incremental)
+ans = rag.query("Who offered to host the talks?")
+print(ans.text, ans.citations)
 """
 
 from __future__ import annotations

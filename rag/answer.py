@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rag.chunking import Span, sentence_spans
-from rag.retrieve import Candidate, shingles, jaccard, tokenize
+from rag.retrieve import Candidate, jaccard, shingles, tokenize
 from rag.settings import Settings
 from rag.types import Answer, Citation, Passage
 
@@ -26,17 +26,24 @@ if TYPE_CHECKING:
 
 NOT_FOUND = "The articles do not say."
 _WORD = re.compile(r"\S+")
-_NUMBER = re.compile(r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|hundred|thousand|million|billion)\b",
-                     re.IGNORECASE)
-_DATE = re.compile(r"\b(1[89]\d\d|20\d\d|january|february|march|april|may|june|july|august|september|"
-                   r"october|november|december|monday|tuesday|wednesday|thursday|friday|saturday|sunday|"
-                   r"week|month|year|today|yesterday)\b", re.IGNORECASE)
+_NUMBER = re.compile(
+    r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|hundred|thousand|million|billion)\b",
+    re.IGNORECASE,
+)
+_DATE = re.compile(
+    r"\b(1[89]\d\d|20\d\d|january|february|march|april|may|june|july|august|september|"
+    r"october|november|december|monday|tuesday|wednesday|thursday|friday|saturday|sunday|"
+    r"week|month|year|today|yesterday)\b",
+    re.IGNORECASE,
+)
 _PROPER = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z’'-]+")
-_TERMINAL = re.compile(r"[.!?…][\"'”’)\]]*$")
+_TERMINAL = re.compile(r"[.!…:][\"'”’)\]]*$")
 # Shorter than this is a fragment ("Come."), not an answer.
 _MIN_ANSWER_WORDS = 4
 # Unpunctuated lines shorter than this are headlines and section titles.
 _HEADLINE_MAX_WORDS = 15
+# Two or more capitalised words in a row: how a person's name looks in news text.
+_FULL_NAME = re.compile(r"\b[A-Z][\w’'-]+(?:\s+[A-Z][\w’'-]+)+")
 _CLAUSE = re.compile(r"(?<=[,;:—–])\s+|\s+(?=[—–]\s)")
 
 
@@ -45,9 +52,9 @@ class Scorer:
     """Weights of the sentence score; together they sum to about 1 so the threshold reads as a score."""
 
     meaning: float = 0.55
-    words: float = 0.30
+    words: float = 0.25
     rank: float = 0.10
-    kind: float = 0.05
+    kind: float = 0.10
 
 
 @dataclass
@@ -70,26 +77,39 @@ def expected_kind(question: str) -> str | None:
     if re.search(r"\bwhen\b|\bwhat (year|date|day|month)\b", q):
         return "date"
     if re.search(r"\bwho\b|\bwhom\b|\bwhose\b", q):
-        return "name"
+        return "person"
     if re.search(r"\bwhere\b|\bwhich (city|country|capital|place|venue)\b", q):
-        return "name"
+        return "place"
     return None
 
 
-def has_kind(sentence: str, kind: str | None) -> bool:
+def has_kind(sentence: str, kind: str | None, question: str) -> bool:
+    """Whether the sentence holds something of the kind asked for that the question does not already say."""
     if kind == "number":
         return bool(_NUMBER.search(sentence))
     if kind == "date":
         return bool(_DATE.search(sentence))
-    if kind == "name":
-        return bool(_PROPER.search(sentence))
+    if kind in ("person", "place"):
+        asked = {w.lower() for w in re.findall(r"\w+", question)}
+        pattern = _FULL_NAME if kind == "person" else _PROPER
+        return any(
+            any(w.lower() not in asked for w in re.findall(r"\w+", m.group(0)))
+            for m in pattern.finditer(sentence)
+        )
     return False
 
 
 def is_statement(sentence: str) -> bool:
-    """A sentence that can answer: not a headline or section title, not a fragment."""
+    """A sentence that can answer: not a question, a headline or section title, or a fragment."""
     words = len(_WORD.findall(sentence))
-    return words >= _MIN_ANSWER_WORDS and (words >= _HEADLINE_MAX_WORDS or bool(_TERMINAL.search(sentence)))
+    if words < _MIN_ANSWER_WORDS or sentence.rstrip("\"'”’) ").endswith("?"):
+        return False
+    return words >= _HEADLINE_MAX_WORDS or bool(_TERMINAL.search(sentence))
+
+
+def _is_title(sentence: str, article: IndexedArticle) -> bool:
+    """The headline repeated in the body says what the article is about, not what it reports."""
+    return sentence.rstrip(" .").lower() == article.title.rstrip(" .").lower()
 
 
 def word_overlap(question_tokens: set[str], sentence: str) -> float:
@@ -115,7 +135,7 @@ class ExtractiveAnswerer:
             for span in sentence_spans(article.text, cand.chunk.start, cand.chunk.end):
                 text = article.text[span.start : span.end]
                 key = (article.id, span.start)
-                if key in seen or text in texts or not is_statement(text):
+                if key in seen or text in texts or not is_statement(text) or _is_title(text, article):
                     continue
                 seen.add(key)
                 texts.add(text)
@@ -137,7 +157,7 @@ class ExtractiveAnswerer:
                 w.meaning * float(cosine)
                 + w.words * word_overlap(q_tokens, text)
                 + w.rank / (1 + rank)
-                + w.kind * has_kind(text, kind)
+                + w.kind * has_kind(text, kind, question)
             )
             scored.append(Evidence(article, span, value, rank))
         return sorted(scored, key=lambda e: e.score, reverse=True)
@@ -157,18 +177,35 @@ class ExtractiveAnswerer:
                 window = text[clauses[i].start : clauses[j].end]
                 if len(_WORD.findall(window)) > limit:
                     break
-                key = word_overlap(q_tokens, window)
+                key = word_overlap(q_tokens, window) + len(window) / (100 * len(text))  # ties: longer
                 if best is None or key > best[0]:
                     best = (key, Span(clauses[i].start, clauses[j].end))
         if best is None:  # a single clause longer than the limit: cut at a word boundary
             words = list(_WORD.finditer(text))
             best = (0.0, Span(0, words[limit - 1].end()))
-        window = best[1]
-        start, end = evidence.span.start + window.start, evidence.span.start + window.end
+        chosen = best[1]
+        start, end = evidence.span.start + chosen.start, evidence.span.start + chosen.end
         stripped = evidence.article.text[start:end]
         end -= len(stripped) - len(stripped.rstrip(" ,;:—–"))
         start += len(stripped) - len(stripped.lstrip())
         return Span(start, end)
+
+    def extend_list(self, article: IndexedArticle, span: Span) -> Span:
+        """A sentence that introduces a list ("… include:") answers with the list items that follow it."""
+        text = article.text
+        if not text[span.start : span.end].rstrip().endswith(":"):
+            return span
+        end = span.end
+        words = len(_WORD.findall(text[span.start : span.end]))
+        while end < len(text):
+            line_end = text.find("\n", end + 1)
+            line_end = len(text) if line_end < 0 else line_end
+            line = text[end:line_end]
+            if not line.strip() or words + len(_WORD.findall(line)) > self.settings.answer_max_words:
+                break
+            words += len(_WORD.findall(line))
+            end = line_end
+        return Span(span.start, end)
 
     def pick(self, ranked: list[Evidence]) -> list[Evidence]:
         """The best sentence, and one from another article when it is nearly as good and says more."""
@@ -194,16 +231,31 @@ class ExtractiveAnswerer:
         pool = candidates[: self.settings.top_k]
         ranked = self.score(search_query, self.candidate_sentences(pool, articles))
         if not ranked or ranked[0].score < self.settings.min_answer_score:
-            return Answer(text=NOT_FOUND, found=False, passages=passages, question=question,
-                          search_query=search_query)
+            return Answer(
+                text=NOT_FOUND, found=False, passages=passages, question=question, search_query=search_query
+            )
         citations: list[Citation] = []
         parts: list[str] = []
         for n, evidence in enumerate(self.pick(ranked), start=1):
-            span = self.tighten(evidence, search_query)
+            span = self.extend_list(evidence.article, self.tighten(evidence, search_query))
             quote = evidence.article.text[span.start : span.end]
-            citations.append(Citation(n=n, article_id=evidence.article.id, title=evidence.article.title,
-                                      quote=quote, start=span.start, end=span.end,
-                                      score=round(float(np.clip(evidence.score, 0, 1)), 4)))
+            citations.append(
+                Citation(
+                    n=n,
+                    article_id=evidence.article.id,
+                    title=evidence.article.title,
+                    quote=quote,
+                    start=span.start,
+                    end=span.end,
+                    score=round(float(np.clip(evidence.score, 0, 1)), 4),
+                )
+            )
             parts.append(f"{quote} [{n}]")
-        return Answer(text=" ".join(parts), found=True, citations=citations, passages=passages,
-                      question=question, search_query=search_query)
+        return Answer(
+            text=" ".join(parts),
+            found=True,
+            citations=citations,
+            passages=passages,
+            question=question,
+            search_query=search_query,
+        )

@@ -128,8 +128,22 @@ def html_to_text(html: str) -> tuple[dict[str, str], str]:
             if isinstance(value, str) and value.strip():
                 meta[key] = value.strip()
                 break
-    for tag in soup(["script", "style", "noscript", "template", "iframe", "svg", "form", "nav", "header",
-                     "footer", "aside", "button"]):
+    for tag in soup(
+        [
+            "script",
+            "style",
+            "noscript",
+            "template",
+            "iframe",
+            "svg",
+            "form",
+            "nav",
+            "header",
+            "footer",
+            "aside",
+            "button",
+        ]
+    ):
         tag.decompose()
     root = soup.find("article") or soup.body or soup
     return meta, root.get_text("\n")

@@ -16,10 +16,11 @@ from rag.types import Article, Chunk
 
 # Words that end with a full stop without ending a sentence.
 _ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof st sen rep gov gen col lt sgt capt jr sr vs etc inc ltd co corp no nos approx est "
-    "dept univ jan feb mar apr jun jul aug sep sept oct nov dec e.g i.e a.m p.m u.s u.k u.n".split()
-)
-# A candidate boundary: terminal punctuation and closing quotes/brackets, then space or a glued capital.
+    """
+    mr mrs ms dr prof st sen rep gov gen col lt sgt capt jr sr vs etc inc ltd co corp no nos approx est
+    dept univ jan feb mar apr jun jul aug sep sept oct nov dec e.g i.e a.m p.m u.s u.k u.n
+    """.split()
+)  # A candidate boundary: terminal punctuation and closing quotes/brackets, then space or a glued capital.
 _BOUNDARY = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s|[A-Z“\"‘]|$)")
 _WORD_BEFORE = re.compile(r"([\w.]+)$")
 
@@ -79,7 +80,7 @@ def _is_abbreviation(text: str, sentence_start: int, dot: int) -> bool:
 def _glued_boundary_ok(text: str, sentence_start: int, dot: int) -> bool:
     """'conflict.Minsk' is two sentences glued by a scraper; 'U.S' or 'No.5' are not."""
     word = _WORD_BEFORE.search(text, sentence_start, dot)
-    return bool(word) and len(word.group(1)) >= 3 and word.group(1).isalpha()
+    return word is not None and len(word.group(1)) >= 3 and word.group(1).isalpha()
 
 
 def _trimmed(text: str, start: int, end: int) -> list[Span]:

@@ -12,8 +12,11 @@ from rich.markup import escape
 
 import rag
 
-app = typer.Typer(help="Cited answers over your news articles, offline.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Cited answers over your news articles, offline.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 console = Console()
 
 
@@ -28,28 +31,32 @@ def main(
 ) -> None:
     """Flags override RAG_* environment variables, which override the defaults."""
     overrides: dict[str, Any] = {
-        "corpus_dir": corpus_dir, "index_dir": index_dir, "embedding_model": embedding_model, "top_k": top_k,
+        "corpus_dir": corpus_dir,
+        "index_dir": index_dir,
+        "embedding_model": embedding_model,
+        "top_k": top_k,
     }
     rag.configure(**{k: v for k, v in overrides.items() if v is not None})
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]Error:[/] {escape(message)}")
+    console.print(f"[bold red]Error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code=1)
 
 
 @app.command()
 def ingest(
-    paths: Annotated[list[Path] | None, typer.Argument(help="Files or folders (default: the corpus folder)")]
-    = None,
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Files or folders (default: the corpus folder)")
+    ] = None,
     rebuild: Annotated[bool, typer.Option(help="Delete the index and build it again")] = False,
 ) -> None:
     """Index new and changed articles and drop deleted ones (running it twice changes nothing)."""
-    from rag.index import IndexError_
+    from rag.index import RagIndexError
 
     try:
         report = rag.ingest(paths or None, rebuild=rebuild)
-    except IndexError_ as exc:
+    except RagIndexError as exc:
         raise _fail(str(exc)) from None
     console.print(
         f"added {len(report.added)}, updated {len(report.updated)}, removed {len(report.removed)}, "
@@ -66,20 +73,22 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print the Answer as JSON")] = False,
 ) -> None:
     """Answer a question from the articles, with numbered citations."""
-    from rag.index import IndexError_
+    from rag.index import RagIndexError
     from rag.pipeline import QuestionError
 
     try:
         answer = rag.query(question)
-    except (QuestionError, IndexError_) as exc:
+    except (QuestionError, RagIndexError) as exc:
         raise _fail(str(exc)) from None
     if as_json:
         typer.echo(json.dumps(answer.model_dump(), ensure_ascii=False, indent=2))
         return
     console.print(escape(answer.text), style=None if answer.found else "italic")
     for c in answer.citations:
-        console.print(f"\n[bold][{c.n}][/] {escape(c.title)} [dim]({escape(c.article_id)}, "
-                      f"chars {c.start}-{c.end})[/]\n    “{escape(c.quote)}”")
+        console.print(
+            f"\n[bold][{c.n}][/] {escape(c.title)} [dim]({escape(c.article_id)}, "
+            f"chars {c.start}-{c.end})[/]\n    “{escape(c.quote)}”"
+        )
     if not answer.found and answer.passages:
         titles = list(dict.fromkeys(p.title for p in answer.passages))
         console.print(f"\n[dim]Searched the closest passages in: {escape('; '.join(titles))}[/]")

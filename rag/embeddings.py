@@ -115,4 +115,5 @@ class Embedder:
         return np.stack(rows) if rows else np.zeros((0, self.dimension), dtype=np.float32)
 
     def embed_query(self, text: str) -> np.ndarray:
-        return self.embed_cached([text])[0]
+        vector: np.ndarray = self.embed_cached([text])[0]
+        return vector

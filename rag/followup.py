@@ -12,15 +12,23 @@ from collections.abc import Sequence
 from typing import Any
 
 _ANAPHORA = frozenset(
-    "he him his she her hers they them their theirs it its there then that this those these "
-    "same such former latter".split()
+    """
+    he him his she her hers they them their theirs it its there then that this those these same such
+    former latter
+    """.split()
 )
-_FUNCTION_WORDS = frozenset(
-    "a an the and or but of to in on at by for with from about as is are was were be been being do does "
-    "did what who whom whose which when where why how many much did does any some more most other "
-    "also again else too than so if not no yes please tell me us i you we our your can could would "
-    "should will shall may might must has have had".split()
-) | _ANAPHORA
+
+_FUNCTION_WORDS = (
+    frozenset(
+        """
+    a an the and or but of to in on at by for with from about as is are was were be been being do does
+    did what who whom whose which when where why how many much any some more most other also again else
+    too than so if not no yes please tell me us i you we our your can could would should will shall may
+    might must has have had
+        """.split()
+    )
+    | _ANAPHORA
+)
 _WORD = re.compile(r"[\w’'-]+")
 _NAME = re.compile(r"\b[A-Z][\w’'-]+(?:\s+(?:[A-Z][\w’'-]+|of|de|van|von|al))*")
 _MARKER = re.compile(r"\[\d+\]")

@@ -38,15 +38,15 @@ _IN_PROGRESS = "ingest-in-progress.json"
 _LOCK = "ingest.lock"
 
 
-class IndexError_(RuntimeError):  # noqa: N801  (``IndexError`` is a builtin)
+class RagIndexError(RuntimeError):
     """Base class for index problems a user must act on."""
 
 
-class IndexMismatchError(IndexError_):
+class IndexMismatchError(RagIndexError):
     """The index was built with another embedding model or chunking; mixing them gives wrong answers."""
 
 
-class IndexBusyError(IndexError_):
+class IndexBusyError(RagIndexError):
     """Another ingest holds the index."""
 
 
@@ -116,8 +116,11 @@ class ArticleIndex:
             return
         expected = self.expected_signature()
         stored = self.manifest.signature
-        diffs = [f"{k}: index has {stored.get(k)!r}, settings say {v!r}" for k, v in expected.items()
-                 if stored.get(k) != v]
+        diffs = [
+            f"{k}: index has {stored.get(k)!r}, settings say {v!r}"
+            for k, v in expected.items()
+            if stored.get(k) != v
+        ]
         if diffs:
             raise IndexMismatchError(
                 f"The index in {self.root} was built with other settings ({'; '.join(diffs)}). "
@@ -169,13 +172,15 @@ class ArticleIndex:
     def chunk_count(self) -> int:
         return sum(len(a.chunks) for a in self.articles.values())
 
-    def dense_search(self, query_vector: list[float], k: int) -> list[tuple[Chunk, float]]:
+    def dense_search(self, query_vector: np.ndarray, k: int) -> list[tuple[Chunk, float]]:
         """Nearest chunks by cosine similarity, best first."""
         total = self.chunk_count()
         if total == 0:
             return []
         result = self.collection.query(
-            query_embeddings=[query_vector], n_results=min(k, total), include=["distances"]
+            query_embeddings=query_vector.astype(np.float32).reshape(1, -1),
+            n_results=min(k, total),
+            include=["distances"],
         )
         hits: list[tuple[Chunk, float]] = []
         for raw_id, distance in zip(result["ids"][0], (result["distances"] or [[]])[0], strict=True):
@@ -189,8 +194,9 @@ class ArticleIndex:
         """Stored embeddings of the given chunks, in order (no model call)."""
         ids = [chunk_id(c.article_id, self.articles[c.article_id].content_hash, c.index) for c in chunks]
         result = self.collection.get(ids=ids, include=["embeddings"])
-        by_id = dict(zip(result["ids"], result["embeddings"] if result["embeddings"] is not None else [],
-                         strict=True))
+        by_id = dict(
+            zip(result["ids"], result["embeddings"] if result["embeddings"] is not None else [], strict=True)
+        )
         dim = self.embedder.dimension
         return np.array([by_id.get(i, np.zeros(dim)) for i in ids], dtype=np.float32).reshape(len(ids), dim)
 
@@ -233,8 +239,10 @@ class ArticleIndex:
                 ids=missing[start : start + batch],
                 embeddings=vectors,
                 documents=[c.text for c in part],
-                metadatas=[{"article_id": c.article_id, "index": c.index, "start": c.start, "end": c.end}
-                           for c in part],
+                metadatas=[
+                    {"article_id": c.article_id, "index": c.index, "start": c.start, "end": c.end}
+                    for c in part
+                ],
             )
         self.manifest = Manifest(signature=self.expected_signature(), articles=articles)
         _atomic_write(self.root / _MANIFEST, self.manifest.model_dump_json())
@@ -257,7 +265,7 @@ class ArticleIndex:
         try:
             manifest = Manifest.model_validate_json(path.read_text(encoding="utf-8"))
         except ValueError as exc:
-            raise IndexError_(
+            raise RagIndexError(
                 f"The index manifest {path} is unreadable ({exc.__class__.__name__}). "
                 "Rebuild the index with `rag ingest --rebuild`."
             ) from exc

@@ -63,13 +63,13 @@ class Pipeline:
         """The article set after this ingest: the old one, minus gone files, plus what was loaded."""
         current = dict(self.index.articles)
         skipped_sources = {str(Path(s.path).resolve()) for s in report.skipped}
-        for article_id, article in list(current.items()):
-            if not Path(article.source).is_file() or article.source in skipped_sources:
+        for article_id, indexed in list(current.items()):
+            if not Path(indexed.source).is_file() or indexed.source in skipped_sources:
                 report.removed.append(article_id)
                 del current[article_id]
         texts = {hashlib.sha256(a.text.encode()).hexdigest(): a.id for a in current.values()}
-        for article in loaded:
-            article = self._unique_id(article, current)
+        for candidate in loaded:
+            article = self._unique_id(candidate, current)
             previous = current.get(article.id)
             if previous is not None and previous.content_hash == article.content_hash:
                 report.unchanged.append(article.id)
@@ -77,11 +77,15 @@ class Pipeline:
             digest = hashlib.sha256(article.text.encode()).hexdigest()
             twin = texts.get(digest)
             if twin is not None and twin != article.id:
-                report.skipped.append(SkippedFile(path=article.source, reason=f"same text as article '{twin}'"))
+                report.skipped.append(
+                    SkippedFile(path=article.source, reason=f"same text as article '{twin}'")
+                )
                 continue
             texts[digest] = article.id
             chunks = chunk_article(article, self.settings.chunk_size, self.settings.chunk_overlap_sentences)
-            current[article.id] = IndexedArticle(**article.model_dump(), chunks=[(c.start, c.end) for c in chunks])
+            current[article.id] = IndexedArticle(
+                **article.model_dump(), chunks=[(c.start, c.end) for c in chunks]
+            )
             (report.updated if previous is not None else report.added).append(article.id)
         return current
 
@@ -128,8 +132,14 @@ class Pipeline:
 
     def _passage(self, candidate: Candidate) -> Passage:
         chunk = candidate.chunk
-        return Passage(article_id=chunk.article_id, title=self.index.articles[chunk.article_id].title,
-                       text=chunk.text, start=chunk.start, end=chunk.end, score=round(candidate.fused, 6))
+        return Passage(
+            article_id=chunk.article_id,
+            title=self.index.articles[chunk.article_id].title,
+            text=chunk.text,
+            start=chunk.start,
+            end=chunk.end,
+            score=round(candidate.fused, 6),
+        )
 
     def article(self, article_id: str) -> IndexedArticle:
         self.ensure_ready()

@@ -51,9 +51,10 @@ def tokenize(texts: list[str]) -> list[list[str]]:
     """Lower-cased, stop-word-free, stemmed tokens: the same analysis for documents and queries."""
     import bm25s
 
-    return bm25s.tokenize(  # type: ignore[return-value]
+    tokens: list[list[str]] = bm25s.tokenize(
         texts, stopwords="en", stemmer=_stemmer(), return_ids=False, show_progress=False
     )
+    return tokens
 
 
 def shingles(text: str, n: int = 3) -> frozenset[tuple[str, ...]]:
@@ -102,7 +103,7 @@ class HybridRetriever:
         k = self.settings.candidates
         query_vector = self.embedder.embed_query(query)
         pool: dict[tuple[str, int], Candidate] = {}
-        for rank, (chunk, similarity) in enumerate(self.index.dense_search(query_vector.tolist(), k)):
+        for rank, (chunk, similarity) in enumerate(self.index.dense_search(query_vector, k)):
             cand = pool.setdefault((chunk.article_id, chunk.index), Candidate(chunk))
             cand.dense, cand.dense_rank = similarity, rank
             cand.fused += 1.0 / (self.settings.rrf_k + rank + 1)

@@ -1,0 +1,36 @@
+# The README's commands. `make run` and `make test` each set everything up on a fresh machine first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PORT   ?= 7860
+
+.PHONY: setup run test lint format eval bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: this version resolves to the local CPU build, a bare `torch` to a CUDA one.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup  ## build the index if it is missing, then serve the web chat on http://127.0.0.1:7860
+	$(BIN)/rag serve --port $(PORT)
+
+test: setup lint  ## lint, type-check and run the whole test suite
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check rag tests evals app.py
+	$(BIN)/ruff format --check rag tests evals app.py
+	$(BIN)/mypy rag app.py tests evals
+
+format: setup
+	$(BIN)/ruff format rag tests evals app.py
+	$(BIN)/ruff check --fix rag tests evals app.py
+
+clean:
+	rm -rf .rag_index .pytest_cache .mypy_cache .ruff_cache build *.egg-info

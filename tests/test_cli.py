@@ -1,0 +1,67 @@
+"""The ``rag`` command, run as a user runs it: a real subprocess with its own index folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def rag(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rag", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_ingest_ask_and_errors(tmp_path: Path, corpus_dir: Path) -> None:
+    env = {
+        **os.environ,
+        "RAG_INDEX_DIR": str(tmp_path / "index"),
+        "RAG_CORPUS_DIR": str(corpus_dir),
+        "COLUMNS": "200",
+    }
+    first = rag("ingest", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "added 5" in first.stdout
+    again = rag("ingest", env=env)
+    assert "added 0, updated 0, removed 0, unchanged 5" in again.stdout
+
+    asked = rag("ask", "How far is the Belarusian border from Kyiv?", env=env)
+    assert asked.returncode == 0, asked.stderr
+    assert "200 kilometres" in asked.stdout and "[1]" in asked.stdout
+    assert "Belarus Steps Up" in asked.stdout  # the cited article's title
+
+    as_json = json.loads(rag("ask", "--json", "Who is Serbia's foreign minister?", env=env).stdout)
+    assert as_json["found"] and as_json["citations"][0]["quote"]
+
+    empty = rag("ask", "   ", env=env)
+    assert empty.returncode == 1 and "Please ask a question" in empty.stdout
+    assert "Traceback" not in empty.stderr
+
+
+def test_flags_override_environment(tmp_path: Path, corpus_dir: Path) -> None:
+    env = {**os.environ, "RAG_INDEX_DIR": str(tmp_path / "unused"), "COLUMNS": "200"}
+    result = rag("--corpus-dir", str(corpus_dir), "--index-dir", str(tmp_path / "flagged"), "ingest", env=env)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "flagged" / "manifest.json").exists()
+    assert not (tmp_path / "unused").exists()
+
+
+def test_mismatched_index_gives_a_clear_message(tmp_path: Path, corpus_dir: Path) -> None:
+    env = {
+        **os.environ,
+        "RAG_INDEX_DIR": str(tmp_path / "index"),
+        "RAG_CORPUS_DIR": str(corpus_dir),
+        "COLUMNS": "200",
+    }
+    assert rag("ingest", env=env).returncode == 0
+    result = rag("ask", "Who offered to host the talks?", env={**env, "RAG_CHUNK_SIZE": "400"})
+    assert result.returncode == 1
+    assert "rag ingest --rebuild" in result.stdout and "Traceback" not in result.stderr

@@ -1,0 +1,129 @@
+"""Ingest against a real Chroma index in a temp folder, with the real embedding model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rag.index import IndexBusyError, IndexMismatchError
+from rag.pipeline import Pipeline
+from tests.conftest import make_settings
+
+
+def chroma_ids(pipeline: Pipeline) -> set[str]:
+    return set(pipeline.index.collection.get(include=[])["ids"])
+
+
+def manifest_ids(pipeline: Pipeline) -> set[str]:
+    return {cid for a in pipeline.index.articles.values() for cid in a.chunk_ids()}
+
+
+def test_ingest_indexes_every_chunk_once_with_exact_offsets(fresh_pipeline: Pipeline) -> None:
+    report = fresh_pipeline.ingest()
+    assert len(report.added) == 5 and not report.skipped
+    assert report.chunks_embedded == fresh_pipeline.index.chunk_count() > 50
+    assert chroma_ids(fresh_pipeline) == manifest_ids(fresh_pipeline)
+    stored = fresh_pipeline.index.collection.get(include=["documents", "metadatas"])
+    for document, meta in zip(stored["documents"], stored["metadatas"], strict=True):
+        article = fresh_pipeline.index.articles[meta["article_id"]]
+        assert article.text[meta["start"] : meta["end"]] == document
+
+
+def test_reingest_is_a_no_op(fresh_pipeline: Pipeline) -> None:
+    fresh_pipeline.ingest()
+    before = chroma_ids(fresh_pipeline)
+    report = fresh_pipeline.ingest()
+    assert not report.changed and report.chunks_embedded == 0 and len(report.unchanged) == 5
+    assert chroma_ids(fresh_pipeline) == before
+
+
+def test_changed_file_is_reindexed_and_deleted_file_removed(
+    fresh_pipeline: Pipeline, corpus_dir: Path
+) -> None:
+    fresh_pipeline.ingest()
+    files = sorted(corpus_dir.glob("*.txt"))
+    files[0].write_text(files[0].read_text() + "\nA new closing sentence about a summit in Vienna.\n")
+    files[1].unlink()
+    report = fresh_pipeline.ingest()
+    changed, gone = files[0].stem, files[1].stem
+    assert report.updated == [changed] and report.removed == [gone] and not report.added
+    assert report.chunks_embedded < fresh_pipeline.index.chunk_count()  # only the changed article's chunks
+    assert gone not in fresh_pipeline.index.articles
+    assert not any(i.startswith(gone) for i in chroma_ids(fresh_pipeline))
+    assert chroma_ids(fresh_pipeline) == manifest_ids(fresh_pipeline)
+    assert "summit in Vienna" in fresh_pipeline.index.articles[changed].text
+
+
+def test_added_file_and_explicit_paths(fresh_pipeline: Pipeline, tmp_path: Path) -> None:
+    fresh_pipeline.ingest()
+    extra = tmp_path / "elsewhere" / "oslo.md"
+    extra.parent.mkdir()
+    extra.write_text("# Oslo offers a venue\n\nNorway said on Monday that Oslo could host the next round.\n")
+    report = fresh_pipeline.ingest([extra])
+    assert report.added == ["oslo"]
+    assert len(fresh_pipeline.index.articles) == 6
+    assert fresh_pipeline.index.articles["oslo"].title == "Oslo offers a venue"
+
+
+def test_duplicate_content_under_two_names_is_indexed_once(
+    fresh_pipeline: Pipeline, corpus_dir: Path
+) -> None:
+    first = sorted(corpus_dir.glob("*.txt"))[0]
+    (corpus_dir / "copy-of-first.txt").write_bytes(first.read_bytes())
+    report = fresh_pipeline.ingest()
+    assert len(report.added) == 5
+    assert any("same text" in s.reason for s in report.skipped)
+
+
+def test_other_chunking_settings_fail_with_a_rebuild_hint(fresh_pipeline: Pipeline, tmp_path: Path) -> None:
+    fresh_pipeline.ingest()
+    other = Pipeline(make_settings(tmp_path, chunk_size=400))
+    with pytest.raises(IndexMismatchError, match="rag ingest --rebuild"):
+        other.ensure_ready()
+    report = other.ingest(rebuild=True)
+    assert len(report.added) == 5
+    assert chroma_ids(other) == manifest_ids(other)
+
+
+def test_other_embedding_model_is_refused(fresh_pipeline: Pipeline, tmp_path: Path) -> None:
+    fresh_pipeline.ingest()
+    model_dir = fresh_pipeline.embedder.model_name
+    from rag.embeddings import resolve_model_path
+
+    other = Pipeline(make_settings(tmp_path, embedding_model=str(resolve_model_path(model_dir))))
+    with pytest.raises(IndexMismatchError, match="embedding_model"):
+        other.query("Who offered to host the talks?")
+
+
+def test_interrupted_ingest_is_completed_on_next_use(fresh_pipeline: Pipeline) -> None:
+    fresh_pipeline.ingest()
+    index = fresh_pipeline.index
+    victim = next(iter(index.articles.values()))
+    # What a crash mid-write leaves: some chunks gone from Chroma, the in-progress marker still there.
+    index.collection.delete(ids=victim.chunk_ids()[1:])
+    (index.root / "ingest-in-progress.json").write_text(json.dumps({"paths": []}))
+    reopened = Pipeline(fresh_pipeline.settings)
+    assert reopened.index.interrupted == []
+    answer = reopened.query("Who offered to host the talks?")
+    assert answer.passages
+    assert reopened.index.interrupted is None
+    assert chroma_ids(reopened) == manifest_ids(reopened)
+
+
+def test_concurrent_ingest_is_refused_while_one_runs(fresh_pipeline: Pipeline) -> None:
+    with fresh_pipeline.index.writing(["x"]), pytest.raises(IndexBusyError, match="Another ingest"):
+        Pipeline(fresh_pipeline.settings).ingest()
+
+
+def test_query_on_a_fresh_checkout_builds_the_index(fresh_pipeline: Pipeline) -> None:
+    assert not fresh_pipeline.index.exists
+    answer = fresh_pipeline.query("Which city did Lukashenko offer as a venue?")
+    assert fresh_pipeline.index.exists and answer.passages
+
+
+def test_chroma_never_runs_its_default_embedding_model(shipped: Pipeline) -> None:
+    configuration = shipped.index.collection.configuration
+    assert configuration.get("embedding_function") is None
+    assert not (Path.home() / ".cache" / "chroma" / "onnx_models").exists()
