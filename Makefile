@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 7860
 
-.PHONY: setup run test lint format eval bench clean
+.PHONY: setup run test lint format eval clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +34,6 @@ format: setup
 
 clean:
 	rm -rf .rag_index .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+eval: setup  ## quality on evals/questions.jsonl, ours beside the LangChain tutorial baseline
+	$(BIN)/python -m evals.run $(EVAL_ARGS)

@@ -28,11 +28,11 @@ __all__ = [
     "Passage",
     "Settings",
     "article",
-    "articles",
     "configure",
     "get_pipeline",
     "get_settings",
     "ingest",
+    "list_articles",
     "query",
 ]
 
@@ -78,5 +78,6 @@ def article(article_id: str) -> IndexedArticle:
     return get_pipeline().article(article_id)
 
 
-def articles() -> list[IndexedArticle]:
+def list_articles() -> list[IndexedArticle]:
+    """Every indexed article (named so as not to shadow the ``rag.articles`` module)."""
     return get_pipeline().articles()

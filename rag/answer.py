@@ -227,17 +227,26 @@ class ExtractiveAnswerer:
         candidates: list[Candidate],
         articles: dict[str, IndexedArticle],
         passages: list[Passage],
+        coverage: float,
     ) -> Answer:
+        """``coverage``: how much of the question's vocabulary the top passages contain (0..1)."""
         pool = candidates[: self.settings.top_k]
-        ranked = self.score(search_query, self.candidate_sentences(pool, articles))
-        if not ranked or ranked[0].score < self.settings.min_answer_score:
+        ranked = self.score(question, self.candidate_sentences(pool, articles))
+        weight = self.settings.coverage_weight
+        confidence = round((1 - weight) * (ranked[0].score if ranked else 0.0) + weight * coverage, 4)
+        if not ranked or confidence < self.settings.min_answer_score:
             return Answer(
-                text=NOT_FOUND, found=False, passages=passages, question=question, search_query=search_query
+                text=NOT_FOUND,
+                found=False,
+                confidence=confidence,
+                passages=passages,
+                question=question,
+                search_query=search_query,
             )
         citations: list[Citation] = []
         parts: list[str] = []
         for n, evidence in enumerate(self.pick(ranked), start=1):
-            span = self.extend_list(evidence.article, self.tighten(evidence, search_query))
+            span = self.extend_list(evidence.article, self.tighten(evidence, question))
             quote = evidence.article.text[span.start : span.end]
             citations.append(
                 Citation(
@@ -254,6 +263,7 @@ class ExtractiveAnswerer:
         return Answer(
             text=" ".join(parts),
             found=True,
+            confidence=confidence,
             citations=citations,
             passages=passages,
             question=question,

@@ -128,7 +128,10 @@ class Pipeline:
         search_query = resolve_followup(cleaned, history)
         candidates = self.retriever.search(search_query)
         passages = [self._passage(c) for c in candidates[: max(self.settings.top_k, 5)]]
-        return self.answerer.answer(cleaned, search_query, candidates, self.index.articles, passages)
+        coverage = self.retriever.coverage(search_query, [c.chunk.text for c in candidates[:3]])
+        return self.answerer.answer(
+            cleaned, search_query, candidates, self.index.articles, passages, coverage
+        )
 
     def _passage(self, candidate: Candidate) -> Passage:
         chunk = candidate.chunk

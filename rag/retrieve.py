@@ -7,8 +7,10 @@ between the two, which matters because their scores live on unrelated scales.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -47,12 +49,23 @@ def _stemmer():  # type: ignore[no-untyped-def]
     return Stemmer.Stemmer("english")
 
 
+# Words that shape a question but never carry its topic, on top of bm25s' English stop words.
+_QUESTION_WORDS = "say said says tell told get got let kind sort many much whether according".split()
+
+
+@lru_cache(maxsize=1)
+def _stopwords() -> list[str]:
+    from bm25s.stopwords import STOPWORDS_EN_PLUS
+
+    return sorted(set(STOPWORDS_EN_PLUS) | set(_QUESTION_WORDS))
+
+
 def tokenize(texts: list[str]) -> list[list[str]]:
     """Lower-cased, stop-word-free, stemmed tokens: the same analysis for documents and queries."""
     import bm25s
 
     tokens: list[list[str]] = bm25s.tokenize(
-        texts, stopwords="en", stemmer=_stemmer(), return_ids=False, show_progress=False
+        texts, stopwords=_stopwords(), stemmer=_stemmer(), return_ids=False, show_progress=False
     )
     return tokens
 
@@ -74,6 +87,7 @@ class HybridRetriever:
         self._bm25: bm25s.BM25 | None = None
         self._bm25_chunks: list[Chunk] = []
         self._bm25_version = -1
+        self._document_frequency: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     def _sparse_index(self) -> tuple[bm25s.BM25 | None, list[Chunk]]:
@@ -83,12 +97,33 @@ class HybridRetriever:
                 import bm25s
 
                 chunks = self.index.all_chunks()
+                tokens = tokenize([c.text for c in chunks])
                 model = None
                 if chunks:
                     model = bm25s.BM25()
-                    model.index(tokenize([c.text for c in chunks]), show_progress=False)
+                    model.index(tokens, show_progress=False)
+                self._document_frequency = Counter(t for doc in tokens for t in set(doc))
                 self._bm25, self._bm25_chunks, self._bm25_version = model, chunks, self.index.version
             return self._bm25, self._bm25_chunks
+
+    def idf(self, term: str) -> float:
+        """Inverse document frequency over chunks; a term no chunk contains weighs the most."""
+        self._sparse_index()
+        total = len(self._bm25_chunks)
+        return math.log((total + 1) / (self._document_frequency.get(term, 0) + 0.5))
+
+    def coverage(self, query: str, texts: list[str]) -> float:
+        """IDF-weighted share of the query's terms that occur in the texts (0..1).
+
+        An on-topic question the articles cannot answer usually hinges on a term they never use
+        ("the Pope", "a hotel"); this is what exposes it when the rest of the question matches well.
+        """
+        terms = set(tokenize([query])[0])
+        if not terms:
+            return 0.0
+        present = set(tokenize([" ".join(texts)])[0])
+        weights = {t: self.idf(t) for t in terms}
+        return sum(w for t, w in weights.items() if t in present) / sum(weights.values())
 
     def sparse_search(self, query: str, k: int) -> list[tuple[Chunk, float]]:
         model, chunks = self._sparse_index()

@@ -53,6 +53,9 @@ class Citation(BaseModel):
 class Answer(BaseModel):
     text: str = Field(description="The answer, with [n] markers tied to citations.")
     found: bool = Field(description="False when the articles do not answer the question.")
+    confidence: float = Field(
+        0.0, description="Evidence strength; below settings.min_answer_score, found=False."
+    )
     citations: list[Citation] = Field(default_factory=list)
     passages: list[Passage] = Field(default_factory=list, description="Retrieved passages, best first.")
     question: str = Field("", description="The question as asked.")

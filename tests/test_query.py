@@ -8,7 +8,7 @@ from rag.pipeline import Pipeline, QuestionError
 from rag.types import Answer
 
 PER_ARTICLE = [
-    ("What kind of informal dialogues should accompany the talks in Belgrade?", "000", "track-two"),
+    ("What informal diplomacy should complement the Belgrade talks?", "000", "track-two"),
     ("Who is Serbia's foreign minister?", "001", "Djuric"),
     ("How far is the Belarusian border from Kyiv?", "002", "200 kilometres"),
     ("In which neutral venue were the third-party security talks held?", "003", "Abu Dhabi"),
