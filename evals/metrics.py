@@ -39,6 +39,14 @@ class Outcome:
     words: int = 0
 
 
+def judge(question: dict[str, Any], **result: Any) -> Outcome:
+    """Score one system's result (found, text, passages, quotes, invalid_citations, seconds)."""
+    outcome = Outcome(
+        id=question["id"], type=question["type"], answerable=bool(question["answers"]), **result
+    )
+    return score_outcome(outcome, question)
+
+
 def score_outcome(outcome: Outcome, question: dict[str, Any]) -> Outcome:
     evidence, answers = question["evidence"], question["answers"]
     for rank, passage in enumerate(outcome.passages, start=1):

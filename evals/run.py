@@ -20,7 +20,7 @@ from rich.table import Table
 
 import rag
 from evals.baseline import TutorialBaseline
-from evals.metrics import Outcome, Summary, score_outcome, summarize
+from evals.metrics import Outcome, Summary, judge, summarize
 from rag.pipeline import Pipeline
 from rag.settings import Settings
 
@@ -69,19 +69,14 @@ def run_ours(pipeline: Pipeline, questions: list[dict[str, Any]]) -> tuple[list[
         )
         best_scores.append(answer.confidence)
         outcomes.append(
-            score_outcome(
-                Outcome(
-                    id=q["id"],
-                    type=q["type"],
-                    answerable=bool(q["answers"]),
-                    found=answer.found,
-                    text=answer.text,
-                    passages=[p.text for p in answer.passages],
-                    quotes=[c.quote for c in answer.citations],
-                    invalid_citations=invalid,
-                    seconds=seconds,
-                ),
+            judge(
                 q,
+                found=answer.found,
+                text=answer.text,
+                passages=[p.text for p in answer.passages],
+                quotes=[c.quote for c in answer.citations],
+                invalid_citations=invalid,
+                seconds=seconds,
             )
         )
     return outcomes, best_scores
@@ -94,19 +89,14 @@ def run_baseline(baseline: TutorialBaseline, questions: list[dict[str, Any]]) ->
         result = baseline.query(q["question"])
         seconds = time.perf_counter() - started
         outcomes.append(
-            score_outcome(
-                Outcome(
-                    id=q["id"],
-                    type=q["type"],
-                    answerable=bool(q["answers"]),
-                    found=bool(result["text"]),
-                    text=result["text"],
-                    passages=result["passages"],
-                    quotes=result["quotes"],
-                    invalid_citations=result["invalid"],
-                    seconds=seconds,
-                ),
+            judge(
                 q,
+                found=bool(result["text"]),
+                text=result["text"],
+                passages=result["passages"],
+                quotes=result["quotes"],
+                invalid_citations=result["invalid"],
+                seconds=seconds,
             )
         )
     return outcomes

@@ -234,15 +234,14 @@ class ExtractiveAnswerer:
         ranked = self.score(question, self.candidate_sentences(pool, articles))
         weight = self.settings.coverage_weight
         confidence = round((1 - weight) * (ranked[0].score if ranked else 0.0) + weight * coverage, 4)
+        context = {
+            "confidence": confidence,
+            "passages": passages,
+            "question": question,
+            "search_query": search_query,
+        }
         if not ranked or confidence < self.settings.min_answer_score:
-            return Answer(
-                text=NOT_FOUND,
-                found=False,
-                confidence=confidence,
-                passages=passages,
-                question=question,
-                search_query=search_query,
-            )
+            return Answer(text=NOT_FOUND, found=False, **context)
         citations: list[Citation] = []
         parts: list[str] = []
         for n, evidence in enumerate(self.pick(ranked), start=1):
@@ -260,12 +259,4 @@ class ExtractiveAnswerer:
                 )
             )
             parts.append(f"{quote} [{n}]")
-        return Answer(
-            text=" ".join(parts),
-            found=True,
-            confidence=confidence,
-            citations=citations,
-            passages=passages,
-            question=question,
-            search_query=search_query,
-        )
+        return Answer(text=" ".join(parts), found=True, citations=citations, **context)
