@@ -23,10 +23,13 @@ if TYPE_CHECKING:
 __all__ = [
     "Answer",
     "Article",
+    "ArticleEmbeddings",
+    "ArticleRetriever",
     "Citation",
     "IngestReport",
     "Passage",
     "Settings",
+    "answer_chain",
     "article",
     "configure",
     "get_pipeline",
@@ -38,6 +41,15 @@ __all__ = [
 
 _pipeline: Pipeline | None = None
 _lock = threading.Lock()
+
+
+def __getattr__(name: str) -> Any:
+    """The LangChain classes import langchain-core only when first used."""
+    if name in ("ArticleRetriever", "ArticleEmbeddings", "answer_chain"):
+        from rag import lc
+
+        return getattr(lc, name)
+    raise AttributeError(f"module 'rag' has no attribute {name!r}")
 
 
 def configure(settings: Settings | None = None, **overrides: Any) -> Settings:
