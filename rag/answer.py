@@ -40,10 +40,14 @@ _PROPER = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z’'-]+")
 _TERMINAL = re.compile(r"[.!…:][\"'”’)\]]*$")
 # Shorter than this is a fragment ("Come."), not an answer.
 _MIN_ANSWER_WORDS = 4
+# A following sentence this short is a clipped continuation ("Half an hour in a plane."), kept with it.
+_SHORT_SENTENCE_WORDS = 8
 # Unpunctuated lines shorter than this are headlines and section titles.
 _HEADLINE_MAX_WORDS = 15
 # Two or more capitalised words in a row: how a person's name looks in news text.
-_FULL_NAME = re.compile(r"\b[A-Z][\w’'-]+(?:\s+[A-Z][\w’'-]+)+")
+_FULL_NAME = re.compile(r"\b[A-Z][\w’'-]+(?:\s+\[?[A-Z][\w’'-]+\]?)+")
+# A sentence opening like this continues the one before it ("They advocate …", "This means …").
+_CONTINUATION = re.compile(r"^[\"“‘']?(they|he|she|it|this|these|that|those|such|his|her|their|its)\b", re.I)
 _CLAUSE = re.compile(r"(?<=[,;:—–])\s+|\s+(?=[—–]\s)")
 
 
@@ -112,10 +116,13 @@ def _is_title(sentence: str, article: IndexedArticle) -> bool:
     return sentence.rstrip(" .").lower() == article.title.rstrip(" .").lower()
 
 
-def word_overlap(question_tokens: set[str], sentence: str) -> float:
-    if not question_tokens:
-        return 0.0
-    return len(question_tokens & set(tokenize([sentence])[0])) / len(question_tokens)
+def overlap(question_tokens: set[str], tokens: list[str]) -> float:
+    """Share of the question's terms that the text contains."""
+    return len(question_tokens & set(tokens)) / len(question_tokens) if question_tokens else 0.0
+
+
+def word_overlap(question_tokens: set[str], text: str) -> float:
+    return overlap(question_tokens, tokenize([text])[0])
 
 
 class ExtractiveAnswerer:
@@ -146,20 +153,25 @@ class ExtractiveAnswerer:
         if not sentences:
             return []
         texts = [a.text[s.start : s.end] for a, s, _ in sentences]
-        question_vector = self.embedder.embed_query(question)
-        meaning = self.embedder.embed_cached(texts) @ question_vector
         q_tokens = set(tokenize([question])[0])
         kind = expected_kind(question)
         w = self.scorer
-        scored = []
-        for (article, span, rank), text, cosine in zip(sentences, texts, meaning, strict=True):
-            value = (
-                w.meaning * float(cosine)
-                + w.words * word_overlap(q_tokens, text)
-                + w.rank / (1 + rank)
-                + w.kind * has_kind(text, kind, question)
-            )
-            scored.append(Evidence(article, span, value, rank))
+        # First the cheap evidence (shared words, passage rank, answer kind) for every sentence; then
+        # the model reads only the most promising ones, which is most of a query's cost.
+        cheap = [
+            w.words * overlap(q_tokens, tokens)
+            + w.rank / (1 + rank)
+            + w.kind * has_kind(text, kind, question)
+            for (_, _, rank), text, tokens in zip(sentences, texts, tokenize(texts), strict=True)
+        ]
+        shortlist = sorted(range(len(texts)), key=lambda i: cheap[i], reverse=True)
+        shortlist = shortlist[: self.settings.sentences_to_embed]
+        question_vector = self.embedder.embed_query(question)
+        meaning = self.embedder.embed_cached([texts[i] for i in shortlist]) @ question_vector
+        scored = [
+            Evidence(sentences[i][0], sentences[i][1], cheap[i] + w.meaning * float(cosine), sentences[i][2])
+            for i, cosine in zip(shortlist, meaning, strict=True)
+        ]
         return sorted(scored, key=lambda e: e.score, reverse=True)
 
     def tighten(self, evidence: Evidence, question: str) -> Span:
@@ -207,6 +219,30 @@ class ExtractiveAnswerer:
             end = line_end
         return Span(span.start, end)
 
+    def with_continuation(self, best: Evidence, question: str, ranked: list[Evidence]) -> Span:
+        """The best sentence, plus the next one on the same line when it carries the answer on.
+
+        News prose often states the topic in one sentence and the fact asked for in the next ("European
+        nations … play a vital role. They advocate for a swift resolution …"): quoting only the sentence
+        that matches the question's words then misses the answer.
+        """
+        span = self.tighten(best, question)
+        text = best.article.text
+        line_end = text.find("\n", span.end)
+        following = sentence_spans(text, span.end, len(text) if line_end < 0 else line_end)
+        if span.end != best.span.end or not following:
+            return span
+        nxt = following[0]
+        sentence = text[nxt.start : nxt.end]
+        words = len(_WORD.findall(text[span.start : nxt.end]))
+        if words > self.settings.answer_max_words or sentence.rstrip("\"'”’) ").endswith("?"):
+            return span
+        score = next((e.score for e in ranked if e.article.id == best.article.id and e.span == nxt), 0.0)
+        close = best.score - score <= self.settings.continuation_margin
+        if close or _CONTINUATION.match(sentence) or len(_WORD.findall(sentence)) <= _SHORT_SENTENCE_WORDS:
+            return Span(span.start, nxt.end)
+        return span
+
     def pick(self, ranked: list[Evidence]) -> list[Evidence]:
         """The best sentence, and one from another article when it is nearly as good and says more."""
         best = ranked[0]
@@ -245,7 +281,7 @@ class ExtractiveAnswerer:
         citations: list[Citation] = []
         parts: list[str] = []
         for n, evidence in enumerate(self.pick(ranked), start=1):
-            span = self.extend_list(evidence.article, self.tighten(evidence, question))
+            span = self.extend_list(evidence.article, self.with_continuation(evidence, question, ranked))
             quote = evidence.article.text[span.start : span.end]
             citations.append(
                 Citation(
