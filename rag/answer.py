@@ -22,7 +22,7 @@ from rag.types import Answer, Citation, Passage
 
 if TYPE_CHECKING:
     from rag.embeddings import Embedder
-    from rag.index import IndexedArticle
+    from rag.index import ArticleIndex, IndexedArticle
 
 NOT_FOUND = "The articles do not say."
 _WORD = re.compile(r"\S+")
@@ -59,6 +59,14 @@ class Scorer:
     words: float = 0.25
     rank: float = 0.10
     kind: float = 0.10
+
+
+@dataclass(frozen=True)
+class Sentence:
+    article: IndexedArticle
+    index: int  # position in article.sentences
+    span: Span
+    passage_rank: int
 
 
 @dataclass
@@ -126,51 +134,55 @@ def word_overlap(question_tokens: set[str], text: str) -> float:
 
 
 class ExtractiveAnswerer:
-    def __init__(self, embedder: Embedder, settings: Settings, scorer: Scorer | None = None) -> None:
+    def __init__(
+        self, index: ArticleIndex, embedder: Embedder, settings: Settings, scorer: Scorer | None = None
+    ) -> None:
+        self.index = index
         self.embedder = embedder
         self.settings = settings
         self.scorer = scorer or Scorer()
 
     def candidate_sentences(
         self, candidates: list[Candidate], articles: dict[str, IndexedArticle]
-    ) -> list[tuple[IndexedArticle, Span, int]]:
+    ) -> list[Sentence]:
+        """Statements in the top passages, each once, in passage-rank order."""
         seen: set[tuple[str, int]] = set()
         texts: set[str] = set()
-        found: list[tuple[IndexedArticle, Span, int]] = []
+        found: list[Sentence] = []
         for rank, cand in enumerate(candidates):
             article = articles[cand.chunk.article_id]
-            for span in sentence_spans(article.text, cand.chunk.start, cand.chunk.end):
+            for index in article.sentences_in(cand.chunk.start, cand.chunk.end):
+                span = Span(*article.sentences[index])
                 text = article.text[span.start : span.end]
-                key = (article.id, span.start)
-                if key in seen or text in texts or not is_statement(text) or _is_title(text, article):
+                if (article.id, index) in seen or text in texts:
                     continue
-                seen.add(key)
+                seen.add((article.id, index))
                 texts.add(text)
-                found.append((article, span, rank))
+                if is_statement(text) and not _is_title(text, article):
+                    found.append(Sentence(article, index, span, rank))
         return found
 
-    def score(self, question: str, sentences: list[tuple[IndexedArticle, Span, int]]) -> list[Evidence]:
+    def score(self, question: str, sentences: list[Sentence]) -> list[Evidence]:
+        """Meaning (stored sentence vectors against the question's), shared words, rank and kind."""
         if not sentences:
             return []
-        texts = [a.text[s.start : s.end] for a, s, _ in sentences]
+        texts = [s.article.text[s.span.start : s.span.end] for s in sentences]
         q_tokens = set(tokenize([question])[0])
         kind = expected_kind(question)
+        vectors = self.index.sentence_vectors([(s.article.id, s.index) for s in sentences])
+        meaning = vectors @ self.embedder.embed_query(question)
         w = self.scorer
-        # First the cheap evidence (shared words, passage rank, answer kind) for every sentence; then
-        # the model reads only the most promising ones, which is most of a query's cost.
-        cheap = [
-            w.words * overlap(q_tokens, tokens)
-            + w.rank / (1 + rank)
-            + w.kind * has_kind(text, kind, question)
-            for (_, _, rank), text, tokens in zip(sentences, texts, tokenize(texts), strict=True)
-        ]
-        shortlist = sorted(range(len(texts)), key=lambda i: cheap[i], reverse=True)
-        shortlist = shortlist[: self.settings.sentences_to_embed]
-        question_vector = self.embedder.embed_query(question)
-        meaning = self.embedder.embed_cached([texts[i] for i in shortlist]) @ question_vector
         scored = [
-            Evidence(sentences[i][0], sentences[i][1], cheap[i] + w.meaning * float(cosine), sentences[i][2])
-            for i, cosine in zip(shortlist, meaning, strict=True)
+            Evidence(
+                s.article,
+                s.span,
+                w.meaning * float(cosine)
+                + w.words * overlap(q_tokens, tokens)
+                + w.rank / (1 + s.passage_rank)
+                + w.kind * has_kind(text, kind, question),
+                s.passage_rank,
+            )
+            for s, text, tokens, cosine in zip(sentences, texts, tokenize(texts), meaning, strict=True)
         ]
         return sorted(scored, key=lambda e: e.score, reverse=True)
 

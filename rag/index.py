@@ -1,13 +1,16 @@
-"""Stage 3: the persistent index: a Chroma collection of chunk embeddings plus a JSON manifest.
+"""Stage 3: the persistent index: two Chroma collections (chunks, sentences) plus a JSON manifest.
 
-The manifest holds each article's canonical text, metadata, content hash and chunk spans; Chroma holds
-one vector per chunk under a deterministic id (``article:hash:n``). Syncing is a set difference between
-the ids the manifest implies and the ids Chroma has, so an interrupted ingest is completed, not
-duplicated, by the next one, and running an ingest twice changes nothing.
+The manifest holds each article's canonical text, metadata, content hash, chunk spans and sentence
+spans; Chroma holds one vector per chunk (what retrieval searches) and one per sentence (what the
+answer step compares with the question, so a query never re-embeds article text), each under a
+deterministic id (``article:hash:n`` and ``article:hash:sN``). Syncing is a set difference between the
+ids the manifest implies and the ids Chroma has, so an interrupted ingest is completed, not duplicated,
+by the next one, and running an ingest twice changes nothing.
 """
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import json
 import logging
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
 _MANIFEST = "manifest.json"
 _IN_PROGRESS = "ingest-in-progress.json"
 _LOCK = "ingest.lock"
@@ -52,6 +55,7 @@ class IndexBusyError(RagIndexError):
 
 class IndexedArticle(Article):
     chunks: list[tuple[int, int]]
+    sentences: list[tuple[int, int]]
 
     def chunk(self, index: int) -> Chunk:
         start, end = self.chunks[index]
@@ -63,6 +67,19 @@ class IndexedArticle(Article):
     def chunk_ids(self) -> list[str]:
         return [chunk_id(self.id, self.content_hash, i) for i in range(len(self.chunks))]
 
+    def sentence_ids(self) -> list[str]:
+        return [sentence_id(self.id, self.content_hash, i) for i in range(len(self.sentences))]
+
+    def sentences_in(self, start: int, end: int) -> list[int]:
+        """Indices of the sentences overlapping ``[start, end)``, in text order."""
+        first = bisect.bisect_right([e for _, e in self.sentences], start)
+        found = []
+        for i in range(first, len(self.sentences)):
+            if self.sentences[i][0] >= end:
+                break
+            found.append(i)
+        return found
+
 
 class Manifest(BaseModel):
     format: int = MANIFEST_FORMAT
@@ -72,6 +89,10 @@ class Manifest(BaseModel):
 
 def chunk_id(article_id: str, content_hash: str, index: int) -> str:
     return f"{article_id}:{content_hash[:12]}:{index}"
+
+
+def sentence_id(article_id: str, content_hash: str, index: int) -> str:
+    return f"{article_id}:{content_hash[:12]}:s{index}"
 
 
 def parse_chunk_id(value: str) -> tuple[str, int]:
@@ -87,7 +108,7 @@ class ArticleIndex:
         self.embedder = embedder
         self.root = Path(settings.index_dir)
         self._client: ClientAPI | None = None
-        self._collection: Collection | None = None
+        self._collections: dict[str, Collection] = {}
         self.manifest = self._read_manifest()
         self.version = 0  # bumped on every change, so side indexes (BM25) know to rebuild
 
@@ -129,9 +150,13 @@ class ArticleIndex:
 
     @property
     def collection(self) -> Collection:
-        if self._collection is None:
-            self._collection = self._open_collection()
-        return self._collection
+        """Chunk vectors: what retrieval searches."""
+        return self._open(self.settings.collection)
+
+    @property
+    def sentence_collection(self) -> Collection:
+        """Sentence vectors: what the answer step compares with the question."""
+        return self._open(f"{self.settings.collection}-sentences")
 
     @property
     def client(self) -> ClientAPI:
@@ -145,10 +170,15 @@ class ArticleIndex:
             )
         return self._client
 
-    def _open_collection(self) -> Collection:
+    def _open(self, name: str) -> Collection:
+        if name not in self._collections:
+            self._collections[name] = self._open_collection(name)
+        return self._collections[name]
+
+    def _open_collection(self, name: str) -> Collection:
         signature = self.expected_signature()
         collection = self.client.get_or_create_collection(
-            self.settings.collection,
+            name,
             embedding_function=None,  # never let Chroma pick (and download) a default model
             configuration={"hnsw": {"space": "cosine"}},
             metadata={k: v for k, v in signature.items()},
@@ -156,7 +186,7 @@ class ArticleIndex:
         stored = {k: (collection.metadata or {}).get(k) for k in signature}
         if stored != signature:
             raise IndexMismatchError(
-                f"The Chroma collection '{self.settings.collection}' in {self.root} was built with "
+                f"The Chroma collection '{name}' in {self.root} was built with "
                 f"{stored}, but settings say {signature}. Rebuild with `rag ingest --rebuild`."
             )
         return collection
@@ -193,17 +223,30 @@ class ArticleIndex:
     def chunk_vectors(self, chunks: list[Chunk]) -> np.ndarray:
         """Stored embeddings of the given chunks, in order (no model call)."""
         ids = [chunk_id(c.article_id, self.articles[c.article_id].content_hash, c.index) for c in chunks]
-        result = self.collection.get(ids=ids, include=["embeddings"])
-        by_id = dict(
-            zip(result["ids"], result["embeddings"] if result["embeddings"] is not None else [], strict=True)
-        )
+        return self._vectors(self.collection, ids)
+
+    def sentence_vectors(self, sentences: list[tuple[str, int]]) -> np.ndarray:
+        """Stored embeddings of (article_id, sentence index) pairs, in order (no model call)."""
+        ids = [sentence_id(a, self.articles[a].content_hash, i) for a, i in sentences]
+        return self._vectors(self.sentence_collection, ids)
+
+    def _vectors(self, collection: Collection, ids: list[str]) -> np.ndarray:
         dim = self.embedder.dimension
+        if not ids:
+            return np.zeros((0, dim), dtype=np.float32)
+        result = collection.get(ids=ids, include=["embeddings"])
+        stored = result["embeddings"] if result["embeddings"] is not None else []
+        by_id = dict(zip(result["ids"], stored, strict=True))
         return np.array([by_id.get(i, np.zeros(dim)) for i in ids], dtype=np.float32).reshape(len(ids), dim)
 
     def is_consistent(self) -> bool:
-        """Chroma holds exactly the chunks the manifest implies (cheap: ids only)."""
-        desired = {cid for a in self.articles.values() for cid in a.chunk_ids()}
-        return set(self.collection.get(include=[])["ids"]) == desired
+        """Chroma holds exactly the vectors the manifest implies (cheap: ids only)."""
+        chunks = {cid for a in self.articles.values() for cid in a.chunk_ids()}
+        sentences = {sid for a in self.articles.values() for sid in a.sentence_ids()}
+        return (
+            set(self.collection.get(include=[])["ids"]) == chunks
+            and set(self.sentence_collection.get(include=[])["ids"]) == sentences
+        )
 
     # --- writing ---------------------------------------------------------------------------------------
     @contextmanager
@@ -222,38 +265,56 @@ class ArticleIndex:
             yield
             marker.unlink(missing_ok=True)
 
-    def sync(self, articles: dict[str, IndexedArticle], *, progress: bool = False) -> int:
-        """Make Chroma and the manifest hold exactly ``articles``; returns how many chunks were embedded."""
-        wanted = {cid: (a, i) for a in articles.values() for i, cid in enumerate(a.chunk_ids())}
-        existing = set(self.collection.get(include=[])["ids"])
-        stale = sorted(existing - wanted.keys())
-        batch = self.client.get_max_batch_size()
-        for start in range(0, len(stale), batch):
-            self.collection.delete(ids=stale[start : start + batch])
-        missing = [cid for cid in wanted if cid not in existing]
-        chunks = [wanted[cid][0].chunk(wanted[cid][1]) for cid in missing]
-        for start in range(0, len(missing), batch):
-            part = chunks[start : start + batch]
-            vectors = self.embedder.embed([c.text for c in part], progress=progress)
-            self.collection.add(
-                ids=missing[start : start + batch],
-                embeddings=vectors,
-                documents=[c.text for c in part],
-                metadatas=[
-                    {"article_id": c.article_id, "index": c.index, "start": c.start, "end": c.end}
-                    for c in part
-                ],
-            )
+    def sync(self, articles: dict[str, IndexedArticle], *, progress: bool = False) -> tuple[int, int]:
+        """Make Chroma and the manifest hold exactly ``articles``.
+
+        Returns how many chunks and sentences were embedded (only what Chroma did not hold yet).
+        """
+        chunks = {cid: (a, i, *a.chunks[i]) for a in articles.values() for i, cid in enumerate(a.chunk_ids())}
+        sentences = {
+            sid: (a, i, *a.sentences[i]) for a in articles.values() for i, sid in enumerate(a.sentence_ids())
+        }
+        embedded = (
+            self._sync_collection(self.collection, chunks, progress),
+            self._sync_collection(self.sentence_collection, sentences, progress),
+        )
         self.manifest = Manifest(signature=self.expected_signature(), articles=articles)
         _atomic_write(self.root / _MANIFEST, self.manifest.model_dump_json())
         self.version += 1
+        return embedded
+
+    def _sync_collection(
+        self, collection: Collection, wanted: dict[str, tuple[IndexedArticle, int, int, int]], progress: bool
+    ) -> int:
+        """Delete the vectors nobody wants any more, embed and add the wanted ones that are missing."""
+        existing = set(collection.get(include=[])["ids"])
+        stale = sorted(existing - wanted.keys())
+        batch = self.client.get_max_batch_size()
+        for start in range(0, len(stale), batch):
+            collection.delete(ids=stale[start : start + batch])
+        missing = [key for key in wanted if key not in existing]
+        for start in range(0, len(missing), batch):
+            ids = missing[start : start + batch]
+            spans = [wanted[key] for key in ids]
+            texts = [article.text[s:e] for article, _, s, e in spans]
+            collection.add(
+                ids=ids,
+                embeddings=self.embedder.embed(texts, progress=progress),
+                documents=texts,
+                metadatas=[
+                    {"article_id": article.id, "index": index, "start": s, "end": e}
+                    for article, index, s, e in spans
+                ],
+            )
         return len(missing)
 
     def wipe(self) -> None:
         """Delete the whole index (for ``--rebuild``)."""
-        if self.settings.collection in {c.name for c in self.client.list_collections()}:
-            self.client.delete_collection(self.settings.collection)
-        self._collection = None
+        names = {self.settings.collection, f"{self.settings.collection}-sentences"}
+        for existing in self.client.list_collections():
+            if existing.name in names:
+                self.client.delete_collection(existing.name)
+        self._collections.clear()
         self.manifest = None
         (self.root / _MANIFEST).unlink(missing_ok=True)
         self.version += 1

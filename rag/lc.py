@@ -49,7 +49,8 @@ class ArticleRetriever(BaseRetriever):
     ) -> list[Document]:
         pipeline = self._get_pipeline()
         pipeline.ensure_ready()
-        candidates = pipeline.retriever.search(pipeline.validate(query))
+        limit = k if k is not None else self.k
+        candidates = pipeline.retriever.search(pipeline.validate(query), limit)
         articles = pipeline.index.articles
         return [
             Document(
@@ -62,7 +63,7 @@ class ArticleRetriever(BaseRetriever):
                     "score": c.fused,
                 },
             )
-            for c in candidates[: k if k is not None else self.k]
+            for c in candidates
         ]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from rag.answer import ExtractiveAnswerer
 from rag.articles import load_articles
-from rag.chunking import chunk_article
+from rag.chunking import chunk_article, sentence_spans
 from rag.embeddings import Embedder
 from rag.followup import resolve_followup
 from rag.index import ArticleIndex, IndexedArticle
@@ -39,7 +39,7 @@ class Pipeline:
         self.embedder = Embedder(settings.embedding_model, settings.embedding_batch_size)
         self.index = ArticleIndex(settings, self.embedder)
         self.retriever = HybridRetriever(self.index, self.embedder, settings)
-        self.answerer = ExtractiveAnswerer(self.embedder, settings)
+        self.answerer = ExtractiveAnswerer(self.index, self.embedder, settings)
         self._ready = threading.Lock()
 
     # --- ingest ------------------------------------------------------------------------------------
@@ -55,7 +55,9 @@ class Pipeline:
             report = IngestReport()
             loaded, report.skipped = load_articles(targets, max_bytes=self.settings.max_file_bytes)
             articles = self._plan(loaded, report)
-            report.chunks_embedded = self.index.sync(articles, progress=self.settings.progress)
+            report.chunks_embedded, report.sentences_embedded = self.index.sync(
+                articles, progress=self.settings.progress
+            )
         report.seconds = round(time.perf_counter() - started, 3)
         return report
 
@@ -84,7 +86,9 @@ class Pipeline:
             texts[digest] = article.id
             chunks = chunk_article(article, self.settings.chunk_size, self.settings.chunk_overlap_sentences)
             current[article.id] = IndexedArticle(
-                **article.model_dump(), chunks=[(c.start, c.end) for c in chunks]
+                **article.model_dump(),
+                chunks=[(c.start, c.end) for c in chunks],
+                sentences=[(s.start, s.end) for s in sentence_spans(article.text)],
             )
             (report.updated if previous is not None else report.added).append(article.id)
         return current
@@ -126,8 +130,8 @@ class Pipeline:
         cleaned = self.validate(question)
         self.ensure_ready()
         search_query = resolve_followup(cleaned, history)
-        candidates = self.retriever.search(search_query)
-        passages = [self._passage(c) for c in candidates[: max(self.settings.top_k, 5)]]
+        candidates = self.retriever.search(search_query, max(self.settings.top_k, 5))
+        passages = [self._passage(c) for c in candidates]
         coverage = self.retriever.coverage(search_query, [c.chunk.text for c in candidates[:3]])
         return self.answerer.answer(
             cleaned, search_query, candidates, self.index.articles, passages, coverage

@@ -11,12 +11,9 @@ import math
 import re
 import threading
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from rag.settings import Settings
 from rag.types import Chunk
@@ -36,7 +33,7 @@ class Candidate:
 
     chunk: Chunk
     fused: float = 0.0
-    dense: float = 0.0  # cosine similarity to the query, -1..1
+    dense: float = 0.0  # cosine similarity to the query, -1..1 (0 when only BM25 found it)
     dense_rank: int | None = None
     sparse_rank: int | None = None
     shingles: frozenset[tuple[str, ...]] = field(default_factory=frozenset)
@@ -70,6 +67,7 @@ def tokenize(texts: list[str]) -> list[list[str]]:
     return tokens
 
 
+@lru_cache(maxsize=8192)
 def shingles(text: str, n: int = 3) -> frozenset[tuple[str, ...]]:
     words = [w.lower() for w in _WORD.findall(text)]
     return frozenset(tuple(words[i : i + n]) for i in range(max(len(words) - n + 1, 1)))
@@ -133,8 +131,8 @@ class HybridRetriever:
         ids, scores = model.retrieve(tokens, k=min(k, len(chunks)), show_progress=False, n_threads=1)
         return [(chunks[int(i)], float(s)) for i, s in zip(ids[0], scores[0], strict=True) if s > 0]
 
-    def search(self, query: str) -> list[Candidate]:
-        """Fused, de-duplicated candidates, best first."""
+    def search(self, query: str, limit: int | None = None) -> list[Candidate]:
+        """Up to ``limit`` (default: settings.top_k) fused, de-duplicated candidates, best first."""
         k = self.settings.candidates
         query_vector = self.embedder.embed_query(query)
         pool: dict[tuple[str, int], Candidate] = {}
@@ -146,22 +144,15 @@ class HybridRetriever:
             cand = pool.setdefault((chunk.article_id, chunk.index), Candidate(chunk))
             cand.sparse_rank = rank
             cand.fused += 1.0 / (self.settings.rrf_k + rank + 1)
-        self._fill_missing_dense(query_vector, pool.values())
         ranked = sorted(pool.values(), key=lambda c: c.fused, reverse=True)
-        return self._drop_near_duplicates(ranked)
+        return self._drop_near_duplicates(ranked, limit or self.settings.top_k)
 
-    def _fill_missing_dense(self, query_vector: np.ndarray, candidates: Iterable[Candidate]) -> None:
-        """BM25-only candidates get a dense similarity too, so later stages can compare all of them."""
-        missing = [c for c in candidates if c.dense_rank is None]
-        if missing:
-            vectors = self.index.chunk_vectors([c.chunk for c in missing])
-            for cand, similarity in zip(missing, vectors @ query_vector, strict=True):
-                cand.dense = float(similarity)
-
-    def _drop_near_duplicates(self, ranked: list[Candidate]) -> list[Candidate]:
+    def _drop_near_duplicates(self, ranked: list[Candidate], limit: int) -> list[Candidate]:
         """Keep the best of each group of passages that say the same thing (or overlap heavily)."""
         kept: list[Candidate] = []
         for cand in ranked:
+            if len(kept) == limit:
+                break
             cand.shingles = shingles(cand.chunk.text)
             if not any(self._same_text(cand, other) for other in kept):
                 kept.append(cand)

@@ -58,9 +58,6 @@ class Settings(BaseSettings):
     coverage_weight: float = Field(0.5, ge=0.0, le=1.0)
     # The next sentence joins the quote when it scores within this margin of the best one.
     continuation_margin: float = Field(0.1, ge=0.0)
-    # Candidate sentences the model re-reads per question, after a cheap lexical pre-ranking; the
-    # model call is most of a query's latency, and the answer was in the top 12 on the eval set.
-    sentences_to_embed: int = Field(12, ge=1)
     max_question_chars: int = Field(2000, ge=10, description="Longer questions are refused.")
 
     # --- ingest --------------------------------------------------------------------------------------
