@@ -143,7 +143,7 @@ class HybridRetriever:
         for rank, (chunk, _score) in enumerate(self.sparse_search(query, k)):
             cand = pool.setdefault((chunk.article_id, chunk.index), Candidate(chunk))
             cand.sparse_rank = rank
-            cand.fused += 1.0 / (self.settings.rrf_k + rank + 1)
+            cand.fused += self.settings.sparse_weight / (self.settings.rrf_k + rank + 1)
         ranked = sorted(pool.values(), key=lambda c: c.fused, reverse=True)
         return self._drop_near_duplicates(ranked, limit or self.settings.top_k)
 

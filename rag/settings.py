@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     candidates: int = Field(30, ge=1)
     # 60 is the constant from the original reciprocal-rank-fusion paper; it damps the top ranks.
     rrf_k: int = Field(60, ge=1)
+    # BM25's vote in the fusion relative to dense search's (1 = equal say).
+    sparse_weight: float = Field(1.0, ge=0.0)
     # Two passages sharing more than this fraction of word 3-grams are the same text said twice.
     dedup_threshold: float = Field(0.5, ge=0.0, le=1.0)
 
