@@ -72,6 +72,7 @@ class Sentence:
 @dataclass
 class Evidence:
     article: IndexedArticle
+    index: int  # position in article.sentences
     span: Span
     score: float
     passage_rank: int
@@ -86,7 +87,7 @@ def expected_kind(question: str) -> str | None:
     q = question.lower()
     if re.search(r"\bhow (many|much|far|long|old)\b|\bwhat (number|percentage|share)\b", q):
         return "number"
-    if re.search(r"\bwhen\b|\bwhat (year|date|day|month)\b", q):
+    if re.search(r"\bwhen\b|\bdate\b|\bwhat (year|day|month)\b|\bsince when\b", q):
         return "date"
     if re.search(r"\bwho\b|\bwhom\b|\bwhose\b", q):
         return "person"
@@ -175,6 +176,7 @@ class ExtractiveAnswerer:
         scored = [
             Evidence(
                 s.article,
+                s.index,
                 s.span,
                 w.meaning * float(cosine)
                 + w.words * overlap(q_tokens, tokens)
@@ -231,27 +233,42 @@ class ExtractiveAnswerer:
             end = line_end
         return Span(span.start, end)
 
-    def with_continuation(self, best: Evidence, question: str, ranked: list[Evidence]) -> Span:
-        """The best sentence, plus the next one on the same line when it carries the answer on.
+    def with_context(self, best: Evidence, question: str, ranked: list[Evidence]) -> Span:
+        """The best sentence, with the neighbours on its line that it cannot do without.
 
         News prose often states the topic in one sentence and the fact asked for in the next ("European
-        nations … play a vital role. They advocate for a swift resolution …"): quoting only the sentence
-        that matches the question's words then misses the answer.
+        nations … play a vital role. They advocate for a swift resolution …"), and a very short sentence
+        ("Minsk is our ally.") leans on the one before it: quoting the lone best sentence misses the answer.
         """
         span = self.tighten(best, question)
-        text = best.article.text
-        line_end = text.find("\n", span.end)
-        following = sentence_spans(text, span.end, len(text) if line_end < 0 else line_end)
-        if span.end != best.span.end or not following:
+        if span != best.span:
             return span
-        nxt = following[0]
+        text, sentences, i = best.article.text, best.article.sentences, best.index
+        limit = self.settings.answer_max_words
+
+        def words(start: int, end: int) -> int:
+            return len(_WORD.findall(text[start:end]))
+
+        def same_line(a: int, b: int) -> bool:
+            return (
+                0 <= a < len(sentences)
+                and 0 <= b < len(sentences)
+                and "\n" not in text[sentences[a][1] : sentences[b][0]]
+            )
+
+        if words(span.start, span.end) <= _SHORT_SENTENCE_WORDS and same_line(i - 1, i):
+            previous = sentences[i - 1]
+            if words(previous[0], span.end) <= limit:
+                span = Span(previous[0], span.end)
+        if not same_line(i, i + 1):
+            return span
+        nxt = Span(*sentences[i + 1])
         sentence = text[nxt.start : nxt.end]
-        words = len(_WORD.findall(text[span.start : nxt.end]))
-        if words > self.settings.answer_max_words or sentence.rstrip("\"'”’) ").endswith("?"):
+        if words(span.start, nxt.end) > limit or sentence.rstrip("\"'”’) ").endswith("?"):
             return span
-        score = next((e.score for e in ranked if e.article.id == best.article.id and e.span == nxt), 0.0)
+        score = next((e.score for e in ranked if e.article.id == best.article.id and e.index == i + 1), 0.0)
         close = best.score - score <= self.settings.continuation_margin
-        if close or _CONTINUATION.match(sentence) or len(_WORD.findall(sentence)) <= _SHORT_SENTENCE_WORDS:
+        if close or _CONTINUATION.match(sentence) or words(nxt.start, nxt.end) <= _SHORT_SENTENCE_WORDS:
             return Span(span.start, nxt.end)
         return span
 
@@ -268,6 +285,36 @@ class ExtractiveAnswerer:
             break
         return chosen
 
+    def cite(self, ranked: list[Evidence], question: str) -> list[Citation]:
+        citations = []
+        for n, evidence in enumerate(self.pick(ranked), start=1):
+            span = self.extend_list(evidence.article, self.with_context(evidence, question, ranked))
+            citations.append(
+                Citation(
+                    n=n,
+                    article_id=evidence.article.id,
+                    title=evidence.article.title,
+                    quote=evidence.article.text[span.start : span.end],
+                    start=span.start,
+                    end=span.end,
+                    score=round(float(np.clip(evidence.score, 0, 1)), 4),
+                )
+            )
+        return citations
+
+    def confidence(self, best: float, coverage: float, question: str, citations: list[Citation]) -> float:
+        """Best sentence score blended with term coverage, docked when the quote lacks what was asked.
+
+        "How many …" answered without a number, or "when …" without a date, is no answer, however
+        well the rest of the sentence matches.
+        """
+        weight = self.settings.coverage_weight
+        value = (1 - weight) * best + weight * coverage
+        kind = expected_kind(question)
+        if kind in ("number", "date") and not any(has_kind(c.quote, kind, question) for c in citations):
+            value -= self.settings.missing_kind_penalty
+        return round(value, 4)
+
     def answer(
         self,
         question: str,
@@ -278,33 +325,16 @@ class ExtractiveAnswerer:
         coverage: float,
     ) -> Answer:
         """``coverage``: how much of the question's vocabulary the top passages contain (0..1)."""
-        pool = candidates[: self.settings.top_k]
-        ranked = self.score(question, self.candidate_sentences(pool, articles))
-        weight = self.settings.coverage_weight
-        confidence = round((1 - weight) * (ranked[0].score if ranked else 0.0) + weight * coverage, 4)
+        ranked = self.score(question, self.candidate_sentences(candidates[: self.settings.top_k], articles))
+        citations = self.cite(ranked, question) if ranked else []
+        confidence = self.confidence(ranked[0].score if ranked else 0.0, coverage, question, citations)
         context = {
             "confidence": confidence,
             "passages": passages,
             "question": question,
             "search_query": search_query,
         }
-        if not ranked or confidence < self.settings.min_answer_score:
+        if not citations or confidence < self.settings.min_answer_score:
             return Answer(text=NOT_FOUND, found=False, **context)
-        citations: list[Citation] = []
-        parts: list[str] = []
-        for n, evidence in enumerate(self.pick(ranked), start=1):
-            span = self.extend_list(evidence.article, self.with_continuation(evidence, question, ranked))
-            quote = evidence.article.text[span.start : span.end]
-            citations.append(
-                Citation(
-                    n=n,
-                    article_id=evidence.article.id,
-                    title=evidence.article.title,
-                    quote=quote,
-                    start=span.start,
-                    end=span.end,
-                    score=round(float(np.clip(evidence.score, 0, 1)), 4),
-                )
-            )
-            parts.append(f"{quote} [{n}]")
-        return Answer(text=" ".join(parts), found=True, citations=citations, **context)
+        text = " ".join(f"{c.quote} [{c.n}]" for c in citations)
+        return Answer(text=text, found=True, citations=citations, **context)
