@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rag.chunking import Span, sentence_spans
+from rag.chunking import Span
 from rag.retrieve import Candidate, jaccard, shingles, tokenize
 from rag.settings import Settings
 from rag.types import Answer, Citation, Passage

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from rag.settings import Settings
 from rag.types import Chunk
 
@@ -145,7 +147,27 @@ class HybridRetriever:
             cand.sparse_rank = rank
             cand.fused += self.settings.sparse_weight / (self.settings.rrf_k + rank + 1)
         ranked = sorted(pool.values(), key=lambda c: c.fused, reverse=True)
-        return self._drop_near_duplicates(ranked, limit or self.settings.top_k)
+        limit = limit or self.settings.top_k
+        distinct = self._drop_near_duplicates(ranked, self.settings.mmr_pool + limit)
+        return self._diversify(distinct, limit)
+
+    def _diversify(self, ranked: list[Candidate], limit: int) -> list[Candidate]:
+        """Maximal marginal relevance: each next passage trades relevance against resemblance to those
+        already chosen, so a question spanning two articles gets passages from both."""
+        lam = self.settings.mmr_lambda
+        if len(ranked) <= 1 or lam >= 1.0:
+            return ranked[:limit]
+        vectors = self.index.chunk_vectors([c.chunk for c in ranked])
+        similarity = vectors @ vectors.T
+        top = ranked[0].fused
+        relevance = np.array([c.fused / top for c in ranked])
+        chosen = [0]
+        while len(chosen) < min(limit, len(ranked)):
+            resemblance = similarity[:, chosen].max(axis=1)
+            value = lam * relevance - (1 - lam) * resemblance
+            value[chosen] = -np.inf
+            chosen.append(int(value.argmax()))
+        return [ranked[i] for i in chosen]
 
     def _drop_near_duplicates(self, ranked: list[Candidate], limit: int) -> list[Candidate]:
         """Keep the best of each group of passages that say the same thing (or overlap heavily)."""

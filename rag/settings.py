@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     rrf_k: int = Field(60, ge=1)
     # BM25's vote in the fusion relative to dense search's (1 = equal say).
     sparse_weight: float = Field(1.0, ge=0.0)
+    # Maximal marginal relevance over the best `mmr_pool` extra candidates: 1 keeps the fused order,
+    # lower values favour passages unlike those already chosen (other articles, other aspects).
+    mmr_lambda: float = Field(0.9, ge=0.0, le=1.0)
+    mmr_pool: int = Field(10, ge=0)
     # Two passages sharing more than this fraction of word 3-grams are the same text said twice.
     dedup_threshold: float = Field(0.5, ge=0.0, le=1.0)
 
