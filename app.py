@@ -1,120 +1,298 @@
-"""The web chat: a thin Gradio layer over ``rag.query``. Run it with ``rag serve`` or ``python app.py``."""
+"""The web chat: a thin Gradio layer over ``rag.query``. Run it with ``rag serve`` or ``python app.py``.
+
+Everything an article says is escaped before it reaches the page: answers, quotes, titles and the
+sources panel show article text as text, never as HTML or Markdown.
+"""
 
 from __future__ import annotations
 
 import html
 import os
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
 
 import rag
 from rag import offline  # noqa: F401  (analytics off before gradio is imported)
-from rag.types import Answer
+from rag.pipeline import QuestionError
+from rag.types import Answer, Citation
 
 EXAMPLES = [
     "Which countries have offered to host peace talks?",
     "What did the foreign minister say about territorial integrity?",
     "Why is the proposed mediator's neutrality questioned?",
 ]
+UPLOAD_TYPES = [".txt", ".md", ".markdown", ".html", ".htm"]
+_MARKER = re.compile(r"\[(\d+)\]")
+_SOURCE_CONTEXT_CHARS = 1200  # article text shown around a highlighted quote, on each side
+
+Messages = list[dict[str, Any]]
+Cited = dict[str, dict[str, Any]]  # "turn:n" -> Citation as a dict
+
 _THEME = gr.themes.Default(  # system fonts only: nothing is fetched from a font CDN at page load
     font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
 )
+_CSS = """
+.cite-chip { display:inline-block; padding:0 .45em; margin:0 .1em; border-radius:.8em; cursor:pointer;
+             background:#e0e7ff; color:#3730a3; font-size:.85em; font-weight:600; user-select:none; }
+.cite-chip:hover { background:#c7d2fe; }
+.not-found { border-left:4px solid #f59e0b; background:#fffbeb; padding:.5em .8em; color:#78350f; }
+.refs { font-size:.9em; color:#374151; }
+#sources { white-space:pre-wrap; line-height:1.5; }
+#sources mark { background:#fde68a; padding:.1em 0; }
+#sources h3 { position:sticky; top:0; background:var(--block-background-fill, #fff); margin-top:0; }
+"""
+# A document-wide listener turns a click on a chip into a "cite" event of the sources panel. The chat's
+# sanitiser drops data- attributes, so the citation rides in a class: cite-<turn>-<n>.
+_CHIP_LISTENER = """
+window.ragCiteTrigger = trigger;  // the latest mount's trigger; the listener is installed once
+if (!window.ragCiteListener) {
+  window.ragCiteListener = true;
+  document.addEventListener('click', (event) => {
+    const chip = event.target.closest('.cite-chip');
+    if (!chip) return;
+    const key = Array.from(chip.classList).find((c) => /^cite-\\d+-\\d+$/.test(c));
+    if (key) window.ragCiteTrigger('cite', {key: key.slice(5).replace('-', ':')});
+  });
+}
+"""
+_SCROLL_TO_QUOTE = (
+    "() => { const m = document.querySelector('#sources mark'); if (m) m.scrollIntoView({block: 'center'}); }"
+)
 
 
-def _safe(text: str) -> str:
-    """Article text is data: shown as text, never interpreted as HTML or Markdown."""
-    escaped = html.escape(text, quote=False)
-    return escaped.replace("*", "&#42;").replace("_", "&#95;").replace("[", "&#91;").replace("`", "&#96;")
+def safe(text: str) -> str:
+    """Article text is data: escaped for HTML and for Markdown alike."""
+    escaped = html.escape(text, quote=True)
+    for char in "*_[]`#|~<>":
+        escaped = escaped.replace(char, f"&#{ord(char)};")
+    return escaped
 
 
-def format_answer(answer: Answer) -> str:
+def chip(turn: int, citation: Citation) -> str:
+    label = f"[{citation.n}] {citation.title}"
+    return (
+        f'<span class="cite-chip cite-{turn}-{citation.n}" title="{html.escape(label)}" '
+        f'role="button">{citation.n}</span>'
+    )
+
+
+def format_answer(answer: Answer, turn: int) -> str:
+    """The chat message: the answer with clickable chips, then the numbered references."""
     if not answer.found:
-        titles = "; ".join(dict.fromkeys(p.title for p in answer.passages)) or "no articles"
-        return f"**Not found in the articles.** {_safe(answer.text)}\n\n_Searched: {_safe(titles)}_"
-    lines = [_safe(answer.text), ""]
-    for c in answer.citations:
-        lines.append(f"> **[{c.n}] {_safe(c.title)}**  \n> “{_safe(c.quote)}”  \n> _chars {c.start}–{c.end}_")
-    return "\n".join(lines)
+        searched = "; ".join(dict.fromkeys(p.title for p in answer.passages)) or "no articles"
+        return (
+            f'<div class="not-found"><strong>Not found in the articles.</strong> {safe(answer.text)}'
+            f"<br><small>Searched the closest passages in: {safe(searched)}</small></div>"
+        )
+    by_n = {c.n: c for c in answer.citations}
+    body = _MARKER.sub(
+        lambda m: chip(turn, by_n[int(m.group(1))]) if int(m.group(1)) in by_n else "",
+        safe_keep_markers(answer.text),
+    )
+    refs = "<br>".join(
+        f"[{c.n}] <strong>{safe(c.title)}</strong>: “{safe(c.quote)}”" for c in answer.citations
+    )
+    return f'{body}<div class="refs"><br>{refs}</div>'
+
+
+def safe_keep_markers(text: str) -> str:
+    """Escape everything but our own ``[n]`` markers, which become chips."""
+    parts = _MARKER.split(text)
+    return "".join(safe(p) if i % 2 == 0 else f"[{p}]" for i, p in enumerate(parts))
 
 
 def format_passages(answer: Answer) -> str:
     rows = [
-        f"**{i}. {_safe(p.title)}** (score {p.score:.4f})\n\n{_safe(p.text)}"
+        f"<p><strong>{i}. {safe(p.title)}</strong> <small>(score {p.score:.4f}, chars {p.start}–{p.end})"
+        f"</small><br>{safe(p.text)}</p>"
         for i, p in enumerate(answer.passages, start=1)
     ]
-    return "\n\n---\n\n".join(rows) or "_No passages._"
+    return "<hr>".join(rows) or "<em>No passages.</em>"
 
 
-Messages = list[dict[str, Any]]
+def format_source(citation: dict[str, Any]) -> str:
+    """The cited article around the quote, the quote highlighted, with its title, outlet and date."""
+    article = rag.article(citation["article_id"])
+    start, end = citation["start"], citation["end"]
+    left = max(0, start - _SOURCE_CONTEXT_CHARS)
+    right = min(len(article.text), end + _SOURCE_CONTEXT_CHARS)
+    meta = " · ".join(safe(x) for x in (article.outlet, article.date) if x)
+    return (
+        f"<h3>[{citation['n']}] {safe(article.title)}</h3>"
+        + (f"<p><small>{meta}</small></p>" if meta else "")
+        + f"<p><small>characters {start}–{end} of {len(article.text)}</small></p>"
+        + ("…" if left else "")
+        + safe(article.text[left:start])
+        + f'<mark id="quote">{safe(article.text[start:end])}</mark>'
+        + safe(article.text[end:right])
+        + ("…" if right < len(article.text) else "")
+    )
 
 
-def respond(message: str, shown: Messages, plain: Messages) -> tuple[Messages, Messages, str, str]:
-    """One chat turn. ``plain`` is the unformatted history that follow-up resolution reads."""
-    from rag.pipeline import QuestionError
-
-    shown, plain = list(shown or []), list(plain or [])
+def respond(
+    message: str, shown: Messages, plain: Messages, cited: Cited
+) -> Iterator[tuple[Messages, Messages, Cited, str, str]]:
+    """One chat turn, streamed word by word; ``plain`` is the unformatted history for follow-ups."""
+    shown, plain, cited = list(shown or []), list(plain or []), dict(cited or {})
     try:
         answer = rag.query(message, history=plain)
     except QuestionError as exc:
-        return [*shown, {"role": "assistant", "content": f"⚠️ {_safe(str(exc))}"}], plain, message, ""
-    shown += [
-        {"role": "user", "content": _safe(message)},
-        {"role": "assistant", "content": format_answer(answer)},
-    ]
+        shown.append({"role": "assistant", "content": f"⚠️ {safe(str(exc))}"})
+        yield shown, plain, cited, message, ""
+        return
+    turn = len(plain) // 2 + 1
+    shown.append({"role": "user", "content": safe(message)})
+    words = answer.text.split(" ")
+    for i in range(1, len(words), max(1, len(words) // 8)):
+        partial = safe_keep_markers(" ".join(words[:i]))
+        yield (
+            [*shown, {"role": "assistant", "content": partial}],
+            plain,
+            cited,
+            "",
+            "",
+        )
+    shown.append({"role": "assistant", "content": format_answer(answer, turn)})
     plain += [{"role": "user", "content": message}, {"role": "assistant", "content": answer.text}]
-    return shown, plain, "", format_passages(answer)
+    for c in answer.citations:
+        cited[f"{turn}:{c.n}"] = c.model_dump()
+    yield shown, plain, cited, "", format_passages(answer)
+
+
+def show_source(cited: Cited, event: gr.EventData) -> str:
+    citation = (cited or {}).get(str(getattr(event, "key", "")))
+    return (
+        format_source(citation) if citation else "<em>That citation is no longer in this conversation.</em>"
+    )
+
+
+def library_rows() -> list[list[Any]]:
+    return [
+        [a.title, a.outlet or "", a.date or "", len(a.chunks), a.id]
+        for a in sorted(rag.list_articles(), key=lambda a: a.title.lower())
+    ]
+
+
+def upload(files: list[Any] | None, progress: gr.Progress = gr.Progress()) -> tuple[str, list[list[Any]]]:  # noqa: B008
+    """Add uploaded files to the corpus folder and index them; every refusal says why."""
+    if not files:
+        return "Choose one or more .txt, .md or .html files first.", library_rows()
+    progress(0.1, desc="Reading and indexing…")
+    pairs = [
+        (getattr(f, "name", f), os.path.basename(getattr(f, "orig_name", None) or getattr(f, "name", f)))
+        for f in files
+    ]
+    report = rag.add_files(pairs)
+    progress(1.0, desc="Done")
+    lines = []
+    if report.added or report.updated:
+        lines.append(
+            f"✅ Indexed {len(report.added) + len(report.updated)} article(s): "
+            + ", ".join(safe(i) for i in report.added + report.updated)
+        )
+    if report.unchanged:
+        lines.append(f"Already indexed: {', '.join(safe(i) for i in report.unchanged)}")
+    for skipped in report.skipped:
+        lines.append(f"❌ {safe(os.path.basename(skipped.path))}: {safe(skipped.reason)}")
+    return "<br>".join(lines) or "Nothing to add.", library_rows()
 
 
 def ask(question: str, history: list[dict[str, str]] | None = None) -> dict[str, Any]:
-    """The ``/ask`` API endpoint: the Answer as JSON."""
-    from rag.pipeline import QuestionError
-
+    """The ``/ask`` API endpoint: the Answer as JSON (or ``{"error": …}`` for a refused question)."""
     try:
         return rag.query(question, history=history or None).model_dump()
     except QuestionError as exc:
         return {"error": str(exc)}
 
 
+def new_conversation() -> tuple[Messages, Messages, Cited, str, str]:
+    return [], [], {}, "", "<em>Click a citation number in an answer to see it in its article.</em>"
+
+
 def build_app() -> gr.Blocks:
     with gr.Blocks(title="News Q&A", analytics_enabled=False) as demo:
-        gr.Markdown("## Ask the articles\nAnswers quote the articles verbatim and cite them.")
-        plain_history = gr.State([])
-        chatbot = gr.Chatbot(label="Chat", height=480, sanitize_html=True, elem_id="chat")
-        with gr.Row():
-            box = gr.Textbox(
-                placeholder="Ask a question about the articles…",
-                show_label=False,
-                scale=8,
-                elem_id="question",
+        plain, cited = gr.State([]), gr.State({})
+        gr.Markdown(
+            "## Ask the articles\nAnswers quote the articles verbatim; click a number to see the source."
+        )
+        with gr.Tab("Chat"), gr.Row():
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(
+                    label="Chat",
+                    height=520,
+                    elem_id="chat",
+                    buttons=["copy"],
+                    sanitize_html=True,
+                    feedback_options=None,
+                )
+                with gr.Row():
+                    box = gr.Textbox(
+                        placeholder="Ask a question about the articles…",
+                        show_label=False,
+                        scale=8,
+                        elem_id="question",
+                    )
+                    send = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
+                    clear = gr.Button("New conversation", scale=1, elem_id="new-conversation")
+                gr.Examples(EXAMPLES, inputs=box)
+                with gr.Accordion("Retrieved passages (with scores)", open=False):
+                    passages = gr.HTML(elem_id="passages")
+            with gr.Column(scale=2):
+                gr.Markdown("### Sources")
+                sources = gr.HTML(
+                    "<em>Click a citation number in an answer to see it in its article.</em>",
+                    elem_id="sources",
+                    js_on_load=_CHIP_LISTENER,
+                    max_height=600,
+                )
+        with gr.Tab("Library"):
+            library = gr.Dataframe(
+                library_rows,
+                headers=["title", "outlet", "date", "chunks", "id"],
+                interactive=False,
+                elem_id="library",
             )
-            send = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
-        gr.Examples(EXAMPLES, inputs=box)
-        with gr.Accordion("Retrieved passages", open=False):
-            passages = gr.Markdown(elem_id="passages")
+            files = gr.File(
+                label="Add articles (.txt, .md, .html)",
+                file_count="multiple",
+                file_types=UPLOAD_TYPES,
+                elem_id="upload",
+            )
+            add = gr.Button("Add to library", variant="primary", elem_id="add-articles")
+            status = gr.HTML(elem_id="upload-status")
+
+        turn_io = ([box, chatbot, plain, cited], [chatbot, plain, cited, box, passages])
         for trigger in (box.submit, send.click):
-            trigger(
-                respond,
-                [box, chatbot, plain_history],
-                [chatbot, plain_history, box, passages],
-                api_visibility="private",
-            )
-        api_q = gr.Textbox(visible=False)
-        api_h = gr.JSON(visible=False)
-        api_out = gr.JSON(visible=False)
-        api_btn = gr.Button(visible=False)
-        api_btn.click(ask, [api_q, api_h], api_out, api_name="ask")
+            trigger(respond, *turn_io, api_visibility="private")
+        clear.click(new_conversation, None, [chatbot, plain, cited, box, sources], api_visibility="private")
+        sources.cite(show_source, cited, sources, api_visibility="private").then(None, js=_SCROLL_TO_QUOTE)
+        add.click(upload, files, [status, library], api_visibility="private")
+
+        api_question, api_history, api_answer = (
+            gr.Textbox(visible=False),
+            gr.JSON(visible=False),
+            gr.JSON(visible=False),
+        )
+        gr.Button(visible=False).click(ask, [api_question, api_history], api_answer, api_name="ask")
     return demo  # type: ignore[no-any-return]  # gradio's context manager is untyped
 
 
 def launch(host: str | None = None, port: int | None = None) -> None:
     settings = rag.get_pipeline().settings
     rag.get_pipeline().ensure_ready()  # build the index before the first visitor waits for it
-    build_app().launch(
+    auth = tuple(settings.auth.split(":", 1)) if settings.auth else None
+    build_app().queue(default_concurrency_limit=4).launch(
         server_name=host or os.environ.get("GRADIO_SERVER_NAME") or settings.host,
         server_port=port or int(os.environ.get("GRADIO_SERVER_PORT") or settings.port),
         share=False,
+        auth=auth,
+        max_file_size=settings.max_file_bytes,
         theme=_THEME,
+        css=_CSS,
+        footer_links=["api"],
     )
 
 

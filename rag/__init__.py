@@ -29,6 +29,7 @@ __all__ = [
     "IngestReport",
     "Passage",
     "Settings",
+    "add_files",
     "answer_chain",
     "article",
     "configure",
@@ -78,6 +79,11 @@ def ingest(paths: Iterable[str | Path] | None = None, *, rebuild: bool = False) 
     """Index the corpus folder (or the given files and folders): new and changed articles are embedded,
     deleted files are removed, unchanged ones cost nothing."""
     return get_pipeline().ingest(paths, rebuild=rebuild)
+
+
+def add_files(files: Iterable[tuple[str | Path, str]]) -> IngestReport:
+    """Copy (path, original file name) pairs into the corpus folder and index them."""
+    return get_pipeline().add_files(files)
 
 
 def query(question: str, history: Sequence[dict[str, Any]] | None = None) -> Answer:

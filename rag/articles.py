@@ -190,9 +190,14 @@ def parse_article(raw: str, *, suffix: str, article_id: str, source: str) -> Art
     )
 
 
-def load_article(path: Path, *, max_bytes: int, article_id: str | None = None) -> Article:
-    """Read one file into a cleaned Article, or raise ArticleError with a reason a user can act on."""
-    suffix = path.suffix.lower()
+def load_article(
+    path: Path, *, max_bytes: int, article_id: str | None = None, suffix: str | None = None
+) -> Article:
+    """Read one file into a cleaned Article, or raise ArticleError with a reason a user can act on.
+
+    ``suffix`` overrides the file's own (an upload's temporary file may not carry the user's name).
+    """
+    suffix = (suffix or path.suffix).lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise ArticleError(f"unsupported file type '{suffix or path.name}' (use .txt, .md or .html)")
     size = path.stat().st_size

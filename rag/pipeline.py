@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.answer import ExtractiveAnswerer
-from rag.articles import load_articles
+from rag.articles import ArticleError, article_id_for, load_article, load_articles
 from rag.chunking import chunk_article, sentence_spans
 from rag.embeddings import Embedder
 from rag.followup import resolve_followup
@@ -93,6 +93,34 @@ class Pipeline:
             (report.updated if previous is not None else report.added).append(article.id)
         return current
 
+    def add_files(self, files: Iterable[tuple[str | Path, str]]) -> IngestReport:
+        """Copy files into the corpus folder and index them, so they survive a restart.
+
+        ``files`` are (path of the uploaded bytes, name the user gave the file). Only the name's last
+        component is kept (no ``../``), unreadable files are refused with the reason, and an existing
+        file of the same name with other content is kept by giving the new one a numbered name.
+        """
+        corpus = Path(self.settings.corpus_dir)
+        corpus.mkdir(parents=True, exist_ok=True)
+        saved: list[Path] = []
+        refused: list[SkippedFile] = []
+        for source, name in files:
+            safe_name = Path(str(name).replace("\\", "/")).name.lstrip(".") or "article.txt"
+            try:
+                load_article(
+                    Path(source),
+                    max_bytes=self.settings.max_file_bytes,
+                    article_id=article_id_for(Path(safe_name)),
+                    suffix=Path(safe_name).suffix,
+                )
+            except (ArticleError, UnicodeDecodeError, OSError) as exc:
+                refused.append(SkippedFile(path=safe_name, reason=str(exc)))
+                continue
+            saved.append(_copy_without_clobbering(Path(source), corpus / safe_name))
+        report = self.ingest(saved) if saved else IngestReport()
+        report.skipped = refused + report.skipped
+        return report
+
     @staticmethod
     def _unique_id(article: Article, current: dict[str, IndexedArticle]) -> Article:
         """Two files with the same name in different folders must not overwrite each other."""
@@ -158,3 +186,14 @@ class Pipeline:
     def articles(self) -> list[IndexedArticle]:
         self.ensure_ready()
         return list(self.index.articles.values())
+
+
+def _copy_without_clobbering(source: Path, target: Path) -> Path:
+    """Copy to ``target``, or to ``name-2.ext``… when a different file already has that name."""
+    data = source.read_bytes()
+    candidate, n = target, 1
+    while candidate.exists() and candidate.read_bytes() != data:
+        n += 1
+        candidate = target.with_name(f"{target.stem}-{n}{target.suffix}")
+    candidate.write_bytes(data)
+    return candidate

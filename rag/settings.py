@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     # --- web chat ------------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Bind address; loopback unless told otherwise.")
     port: int = Field(7860, ge=0, le=65535)
+    auth: str | None = Field(None, description="'user:password' to require a login for the web chat.")
 
     def index_signature(self, embedding_dim: int) -> dict[str, Any]:
         """What an index depends on: opening one built with different values must fail loudly."""

@@ -1,0 +1,167 @@
+"""The web chat in a real browser (Debian's Chromium driven by Playwright) against a real ``rag serve``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rag.pipeline import Pipeline
+from tests.conftest import CORPUS, ROOT, free_loopback_port, make_settings, running_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+NEW_ARTICLE = (
+    "Oslo offers a venue for the next round\n\n"
+    "Norway's foreign ministry said on Tuesday that Oslo is ready to host the next round of talks. "
+    "The ministry said the Holmenkollen conference centre could welcome forty delegates at short notice.\n"
+)
+SCRIPT_ARTICLE = (
+    "A note about a summit in Reykjavik\n\n"
+    "The organisers of the Reykjavik summit published a note that read <script>window.ragPwned = 1</script> "
+    "in its first line, which the harbour authority later removed.\n"
+)
+
+if not CHROMIUM.exists() and os.environ.get("CI"):
+    pytest.fail("Chromium is missing in CI: `make test` installs it with apt-get", pytrace=False)
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium (make test installs it)"
+)
+
+
+@pytest.fixture(scope="module")
+def app_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("ui")
+    shutil.copytree(CORPUS, tmp / "corpus")
+    return tmp / "corpus", tmp / "index"
+
+
+@pytest.fixture(scope="module")
+def app_url(app_dirs: tuple[Path, Path]) -> Iterator[str]:
+    with running_app(*app_dirs, free_loopback_port()) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Any, app_url: str) -> Iterator[Any]:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.requests_seen = []
+    page.on("request", lambda request: page.requests_seen.append(request.url))
+    page.goto(app_url)
+    page.wait_for_selector("#question textarea")
+    yield page
+    page.close()
+
+
+def ask(page: Any, question: str) -> None:
+    before = page.locator("#chat .message").count()
+    page.fill("#question textarea", question)
+    page.click("#ask")
+    page.wait_for_function(
+        "n => document.querySelectorAll('#chat .message').length >= n + 2 && "
+        "!document.querySelector('#chat .pending')",
+        arg=before,
+        timeout=60_000,
+    )
+    page.wait_for_timeout(500)  # the last streamed chunk replaces the partial answer
+
+
+def upload(page: Any, tmp_path: Path, name: str, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    page.get_by_role("tab", name="Library").click()
+    page.set_input_files("#upload input[type=file]", str(path))
+    page.wait_for_timeout(1000)
+    page.click("#add-articles")
+    page.wait_for_function(
+        "() => (document.querySelector('#upload-status')?.innerText || '').match(/Indexed|❌|Already/)",
+        timeout=120_000,
+    )
+    status: str = page.inner_text("#upload-status")
+    page.get_by_role("tab", name="Chat").click()
+    return status
+
+
+def test_answer_with_citation_chip_opens_the_highlighted_source(page: Any) -> None:
+    ask(page, "How far is the Belarusian border from Kyiv?")
+    answer = page.locator("#chat .message").last
+    assert "200 kilometres" in answer.inner_text()
+    chip = answer.locator(".cite-chip").first
+    chip.click()
+    page.wait_for_selector("#sources mark", timeout=30_000)
+    assert "200 kilometres" in page.inner_text("#sources mark")
+    assert "Belarus Steps Up" in page.inner_text("#sources h3")
+    assert page.locator("#sources mark").is_visible()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat-answered.png"), full_page=True)
+    offsite = [
+        url for url in page.requests_seen if not url.startswith(("http://127.0.0.1", "data:", "blob:"))
+    ]
+    assert offsite == [], offsite
+
+
+def test_not_found_answers_look_different_and_say_what_was_searched(page: Any) -> None:
+    ask(page, "What is a good recipe for banana bread?")
+    answer = page.locator("#chat .message").last
+    assert answer.locator(".not-found").count() == 1
+    assert "Searched the closest passages in" in answer.inner_text()
+    assert answer.locator(".cite-chip").count() == 0
+
+
+def test_follow_up_and_new_conversation(page: Any) -> None:
+    ask(page, "Who is Serbia's foreign minister?")
+    ask(page, "What did he say about the protesters?")
+    follow_up = page.locator("#chat .message").last.inner_text()
+    assert "protest" in follow_up  # answered about the protests…
+    assert "Serbia’s Foreign Minister offers" in follow_up  # …from the article the first turn was about
+    page.click("#new-conversation")
+    page.wait_for_function("() => document.querySelectorAll('#chat .message').length === 0")
+
+
+def test_uploaded_article_is_answerable_and_kept(
+    page: Any, tmp_path: Path, app_dirs: tuple[Path, Path]
+) -> None:
+    status = upload(page, tmp_path, "oslo-venue.txt", NEW_ARTICLE.encode())
+    assert "Indexed 1 article" in status
+    ask(page, "How many delegates could the Holmenkollen conference centre welcome?")
+    answer = page.locator("#chat .message").last.inner_text()
+    assert "forty delegates" in answer
+    corpus, index = app_dirs
+    assert (corpus / "oslo-venue.txt").exists()
+    assert index == corpus.parent / "index"
+    reopened = Pipeline(make_settings(corpus.parent))
+    assert "oslo-venue" in reopened.index.articles  # persisted: a restart serves it
+
+
+def test_bad_uploads_are_refused_with_a_reason(page: Any, tmp_path: Path) -> None:
+    status = upload(page, tmp_path, "picture.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(200)))
+    assert "picture.txt" in status and "binary" in status
+
+
+def test_article_markup_is_shown_as_text(page: Any, tmp_path: Path) -> None:
+    status = upload(page, tmp_path, "reykjavik-note.txt", SCRIPT_ARTICLE.encode())
+    assert "Indexed 1 article" in status
+    ask(page, "What did the note of the Reykjavik summit organisers read?")
+    answer = page.locator("#chat .message").last
+    assert "<script>window.ragPwned = 1</script>" in answer.inner_text()
+    answer.locator(".cite-chip").first.click()
+    page.wait_for_selector("#sources mark")
+    assert "<script>" in page.inner_text("#sources")
+    assert page.evaluate("() => window.ragPwned") is None
