@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 7860
 
-.PHONY: setup run test lint format eval browser clean
+.PHONY: setup run test lint format eval load browser clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,3 +43,6 @@ clean:
 
 eval: setup  ## quality on evals/questions.jsonl, ours beside the LangChain tutorial baseline
 	$(BIN)/python -m evals.run $(EVAL_ARGS)
+
+load: setup  ## 20 concurrent chat sessions x 10 questions against a local `rag serve` (loopback only)
+	$(BIN)/python -m evals.load

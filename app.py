@@ -12,10 +12,13 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from rag import offline  # noqa: F401  (offline switches, before gradio imports huggingface_hub)
+
+# isort: split
 import gradio as gr
 
 import rag
-from rag import offline  # noqa: F401  (analytics off before gradio is imported)
+from rag.index import RagIndexError
 from rag.pipeline import QuestionError
 from rag.types import Answer, Citation
 
@@ -139,7 +142,7 @@ def respond(
     shown, plain, cited = list(shown or []), list(plain or []), dict(cited or {})
     try:
         answer = rag.query(message, history=plain)
-    except QuestionError as exc:
+    except (QuestionError, RagIndexError) as exc:
         shown.append({"role": "assistant", "content": f"⚠️ {safe(str(exc))}"})
         yield shown, plain, cited, message, ""
         return
@@ -185,7 +188,10 @@ def upload(files: list[Any] | None, progress: gr.Progress = gr.Progress()) -> tu
         (getattr(f, "name", f), os.path.basename(getattr(f, "orig_name", None) or getattr(f, "name", f)))
         for f in files
     ]
-    report = rag.add_files(pairs)
+    try:
+        report = rag.add_files(pairs)
+    except RagIndexError as exc:  # another ingest is running, the disk is full, …
+        return f"⚠️ {safe(str(exc))}", library_rows()
     progress(1.0, desc="Done")
     lines = []
     if report.added or report.updated:
@@ -204,7 +210,7 @@ def ask(question: str, history: list[dict[str, str]] | None = None) -> dict[str,
     """The ``/ask`` API endpoint: the Answer as JSON (or ``{"error": …}`` for a refused question)."""
     try:
         return rag.query(question, history=history or None).model_dump()
-    except QuestionError as exc:
+    except (QuestionError, RagIndexError) as exc:
         return {"error": str(exc)}
 
 

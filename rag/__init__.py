@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rag import offline  # noqa: F401  (offline switches before any model or hub library loads)
 from rag.settings import Settings, get_settings
 from rag.types import Answer, Article, Citation, IngestReport, Passage
 

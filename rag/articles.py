@@ -209,24 +209,27 @@ def load_article(
     )
 
 
-def discover_files(paths: Iterable[Path]) -> Iterator[Path]:
-    """Article files under the given files and folders, in a stable order; hidden files are skipped."""
+def discover_files(paths: Iterable[Path]) -> Iterator[tuple[Path, Path]]:
+    """(file, the folder it was found under) for every file under the given files and folders, in a
+    stable order; hidden files and folders are skipped. A file named itself comes as (file, file)."""
     for path in paths:
         if path.is_dir():
             for child in sorted(path.rglob("*")):
                 relative = child.relative_to(path)
                 if child.is_file() and not any(part.startswith(".") for part in relative.parts):
-                    yield child
+                    yield child, path
         elif path.exists():
-            yield path
+            yield path, path  # named explicitly: followed even if it is a link
 
 
 def load_articles(paths: Iterable[Path], *, max_bytes: int) -> tuple[list[Article], list[SkippedFile]]:
     """Load every file it can; the rest are reported with a reason, never silently dropped."""
     articles: list[Article] = []
     skipped: list[SkippedFile] = []
-    for path in discover_files(paths):
+    for path, root in discover_files(paths):
         try:
+            if root != path and path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
+                raise ArticleError(f"symbolic link to {path.resolve()}, outside {root}: not followed")
             articles.append(load_article(path, max_bytes=max_bytes))
         except (ArticleError, UnicodeDecodeError, OSError) as exc:
             skipped.append(SkippedFile(path=str(path), reason=str(exc)))

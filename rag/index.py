@@ -15,6 +15,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,10 +110,26 @@ class ArticleIndex:
         self.root = Path(settings.index_dir)
         self._client: ClientAPI | None = None
         self._collections: dict[str, Collection] = {}
-        self.manifest = self._read_manifest()
+        # chromadb's client set-up is not thread-safe: concurrent first queries from the web app
+        # failed with "Could not connect to tenant default_tenant" (chromadb 1.5.9). One opener at a time.
+        self._open_lock = threading.RLock()
+        self._manifest: Manifest | None = None
+        self._manifest_read = False
         self.version = 0  # bumped on every change, so side indexes (BM25) know to rebuild
 
     # --- opening ---------------------------------------------------------------------------------------
+    @property
+    def manifest(self) -> Manifest | None:
+        """Read on first use, so that a damaged index can still be opened to be rebuilt."""
+        if not self._manifest_read:
+            self._manifest = self._read_manifest()
+            self._manifest_read = True
+        return self._manifest
+
+    @manifest.setter
+    def manifest(self, value: Manifest | None) -> None:
+        self._manifest, self._manifest_read = value, True
+
     @property
     def exists(self) -> bool:
         return (self.root / _MANIFEST).exists()
@@ -160,20 +177,32 @@ class ArticleIndex:
 
     @property
     def client(self) -> ClientAPI:
+        with self._open_lock:
+            return self._client_locked()
+
+    def _client_locked(self) -> ClientAPI:
         if self._client is None:
             import chromadb
             from chromadb.config import Settings as ChromaSettings
 
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._client = chromadb.PersistentClient(
-                path=str(self.root / "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
-            )
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._client = chromadb.PersistentClient(
+                    path=str(self.root / "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
+                )
+            except Exception as exc:
+                raise RagIndexError(
+                    f"Cannot open the index in {self.root} ({exc.__class__.__name__}: {exc}). If the "
+                    "folder is damaged or belongs to something else, rebuild with `rag ingest --rebuild` "
+                    "or point RAG_INDEX_DIR at another folder."
+                ) from exc
         return self._client
 
     def _open(self, name: str) -> Collection:
-        if name not in self._collections:
-            self._collections[name] = self._open_collection(name)
-        return self._collections[name]
+        with self._open_lock:
+            if name not in self._collections:
+                self._collections[name] = self._open_collection(name)
+            return self._collections[name]
 
     def _open_collection(self, name: str) -> Collection:
         signature = self.expected_signature()
@@ -252,8 +281,15 @@ class ArticleIndex:
     @contextmanager
     def writing(self, paths: Iterable[str]) -> Iterator[None]:
         """Exclusive write access, with a marker that survives a crash until the write completes."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / _LOCK, "w") as lock:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock_file = open(self.root / _LOCK, "w")  # noqa: SIM115  (closed by the with below)
+        except OSError as exc:
+            raise RagIndexError(
+                f"Cannot write to the index folder {self.root} ({exc.strerror}). Check its permissions "
+                "and free space, or set RAG_INDEX_DIR to a writable folder."
+            ) from exc
+        with lock_file as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
@@ -261,7 +297,10 @@ class ArticleIndex:
                     f"Another ingest is writing to {self.root}; try again when it has finished."
                 ) from exc
             marker = self.root / _IN_PROGRESS
-            _atomic_write(marker, json.dumps({"paths": sorted(set(paths))}))
+            try:
+                _atomic_write(marker, json.dumps({"paths": sorted(set(paths))}))
+            except OSError as exc:
+                raise RagIndexError(f"Cannot write to the index folder {self.root}: {exc}.") from exc
             yield
             marker.unlink(missing_ok=True)
 
@@ -274,12 +313,22 @@ class ArticleIndex:
         sentences = {
             sid: (a, i, *a.sentences[i]) for a in articles.values() for i, sid in enumerate(a.sentence_ids())
         }
-        embedded = (
-            self._sync_collection(self.collection, chunks, progress),
-            self._sync_collection(self.sentence_collection, sentences, progress),
-        )
-        self.manifest = Manifest(signature=self.expected_signature(), articles=articles)
-        _atomic_write(self.root / _MANIFEST, self.manifest.model_dump_json())
+        try:
+            embedded = (
+                self._sync_collection(self.collection, chunks, progress),
+                self._sync_collection(self.sentence_collection, sentences, progress),
+            )
+            manifest = Manifest(signature=self.expected_signature(), articles=articles)
+            _atomic_write(self.root / _MANIFEST, manifest.model_dump_json())
+        except RagIndexError:
+            raise
+        except Exception as exc:  # disk full, read-only folder, a broken database: all end here
+            raise RagIndexError(
+                f"Writing the index in {self.root} failed ({exc.__class__.__name__}: {exc}). Nothing "
+                "already indexed was lost. Free disk space or fix the folder's permissions, then run "
+                "`rag ingest` again: it completes the interrupted ingest."
+            ) from exc
+        self.manifest = manifest
         self.version += 1
         return embedded
 

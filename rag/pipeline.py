@@ -52,6 +52,8 @@ class Pipeline:
                 self.index.wipe()
             else:
                 self.index.check_compatible()
+            self.index.collection  # noqa: B018  (open Chroma now, not inside the first visitor's request)
+            self.index.sentence_collection  # noqa: B018
             report = IngestReport()
             loaded, report.skipped = load_articles(targets, max_bytes=self.settings.max_file_bytes)
             articles = self._plan(loaded, report)
@@ -144,7 +146,9 @@ class Pipeline:
 
     # --- query -------------------------------------------------------------------------------------
     def validate(self, question: str) -> str:
-        cleaned = " ".join((question or "").split())
+        """The question with control characters and runs of white space removed, or QuestionError."""
+        printable = "".join(ch if ch.isprintable() or ch.isspace() else " " for ch in question or "")
+        cleaned = " ".join(printable.split())
         if not any(ch.isalnum() for ch in cleaned):
             raise QuestionError("Please ask a question (the text was empty or had no words).")
         if len(cleaned) > self.settings.max_question_chars:

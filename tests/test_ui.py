@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from evals.serving import running_app
 from rag.pipeline import Pipeline
-from tests.conftest import CORPUS, ROOT, free_loopback_port, make_settings, running_app
+from tests.conftest import CORPUS, ROOT, make_settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
@@ -42,7 +43,7 @@ def app_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def app_url(app_dirs: tuple[Path, Path]) -> Iterator[str]:
-    with running_app(*app_dirs, free_loopback_port()) as url:
+    with running_app(*app_dirs) as url:
         yield url
 
 
