@@ -143,7 +143,7 @@ def test_a_full_disk_gives_a_clear_error_and_loses_nothing(tmp_path: Path) -> No
             Pipeline(settings).ingest()
         assert list((tmp_path / "corpus").glob("*.txt"))  # the articles themselves are untouched
     finally:
-        from chromadb.api.client import SharedSystemClient
+        from chromadb.api.shared_system_client import SharedSystemClient
 
         SharedSystemClient.clear_system_cache()  # Chroma keeps the database open per path
         subprocess.run(["umount", "--lazy", str(mount)], check=False)
