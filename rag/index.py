@@ -191,6 +191,12 @@ class ArticleIndex:
                     path=str(self.root / "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
                 )
             except Exception as exc:
+                if not os.access(self.root, os.W_OK) or "readonly" in str(exc).replace("-", ""):
+                    raise RagIndexError(
+                        f"The index folder {self.root} is read-only, and Chroma needs to write even to "
+                        "read it. Make it writable, or copy it to a writable folder and point "
+                        "RAG_INDEX_DIR there."
+                    ) from exc
                 raise RagIndexError(
                     f"Cannot open the index in {self.root} ({exc.__class__.__name__}: {exc}). If the "
                     "folder is damaged or belongs to something else, rebuild with `rag ingest --rebuild` "

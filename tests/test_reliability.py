@@ -149,6 +149,26 @@ def test_a_full_disk_gives_a_clear_error_and_loses_nothing(tmp_path: Path) -> No
         subprocess.run(["umount", "--lazy", str(mount)], check=False)
 
 
+def test_a_read_only_index_folder_says_so(fresh_pipeline: Pipeline, tmp_path: Path) -> None:
+    fresh_pipeline.ingest()
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    source = str(fresh_pipeline.settings.index_dir)
+    if subprocess.run(
+        ["mount", "--bind", source, str(read_only)], capture_output=True, check=False
+    ).returncode:
+        pytest.skip("needs permission to bind-mount a folder read-only")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(read_only)], check=True)
+        settings = make_settings(tmp_path, index_dir=read_only)
+        with pytest.raises(RagIndexError, match="read-only"):
+            Pipeline(settings).query("Who is Serbia's foreign minister?")
+        with pytest.raises(RagIndexError, match="Cannot write"):
+            Pipeline(settings).ingest()
+    finally:
+        subprocess.run(["umount", "--lazy", str(read_only)], check=False)
+
+
 def _size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
 
