@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 7860
 
-.PHONY: setup run test lint format eval load browser clean
+.PHONY: setup run test lint format eval load bench chroma browser clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +46,7 @@ eval: setup  ## quality on evals/questions.jsonl, ours beside the LangChain tuto
 
 load: setup  ## 20 concurrent chat sessions x 10 questions against a local `rag serve` (loopback only)
 	$(BIN)/python -m evals.load
+
+CHROMA_PORT ?= 8000
+chroma: setup  ## a Chroma server on 127.0.0.1 (use it with RAG_CHROMA_URL=http://127.0.0.1:$(CHROMA_PORT))
+	$(BIN)/chroma run --path .chroma-server --host 127.0.0.1 --port $(CHROMA_PORT)

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 import numpy as np
 from pydantic import BaseModel
@@ -185,12 +186,27 @@ class ArticleIndex:
             import chromadb
             from chromadb.config import Settings as ChromaSettings
 
+            chroma_settings = ChromaSettings(anonymized_telemetry=False)
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
-                self._client = chromadb.PersistentClient(
-                    path=str(self.root / "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
-                )
+                if self.settings.chroma_url:
+                    url = urlparse(self.settings.chroma_url)
+                    self._client = chromadb.HttpClient(
+                        host=url.hostname or "127.0.0.1",
+                        port=url.port or (443 if url.scheme == "https" else 8000),
+                        ssl=url.scheme == "https",
+                        settings=chroma_settings,
+                    )
+                else:
+                    self._client = chromadb.PersistentClient(
+                        path=str(self.root / "chroma"), settings=chroma_settings
+                    )
             except Exception as exc:
+                if self.settings.chroma_url:
+                    raise RagIndexError(
+                        f"Cannot reach the Chroma server at {self.settings.chroma_url} ({exc}). Start it "
+                        "(`make chroma`) or unset RAG_CHROMA_URL to use the embedded database."
+                    ) from exc
                 if not os.access(self.root, os.W_OK) or "readonly" in str(exc).replace("-", ""):
                     raise RagIndexError(
                         f"The index folder {self.root} is read-only, and Chroma needs to write even to "

@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     corpus_dir: Path = Field(Path("corpus"), description="Folder of articles (.txt, .md, .html) to index.")
     index_dir: Path = Field(Path(".rag_index"), description="Folder holding the Chroma index and manifest.")
     collection: str = Field("articles", description="Chroma collection name.")
+    chroma_url: str | None = Field(
+        None,
+        description="A Chroma server (e.g. http://127.0.0.1:8000) instead of the embedded database in "
+        "index_dir; the manifest and BM25 index stay in index_dir.",
+    )
 
     # --- embeddings ----------------------------------------------------------------------------------
     embedding_model: str = Field(
