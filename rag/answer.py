@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rag.chunking import Span
-from rag.retrieve import Candidate, jaccard, shingles, tokenize
+from rag.retrieve import Candidate, jaccard, shingles
 from rag.settings import Settings
+from rag.sparse import tokenize
 from rag.types import Answer, Citation, Passage
 
 if TYPE_CHECKING:

@@ -15,6 +15,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from rag.types import Article, Chunk
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
+    from chromadb.api.types import Where
 
     from rag.embeddings import Embedder
 
@@ -85,6 +87,7 @@ class IndexedArticle(Article):
 
 class Manifest(BaseModel):
     format: int = MANIFEST_FORMAT
+    generation: int = 0  # bumped by every sync; side indexes record the generation they match
     signature: dict[str, Any]
     articles: dict[str, IndexedArticle] = {}
 
@@ -116,7 +119,6 @@ class ArticleIndex:
         self._open_lock = threading.RLock()
         self._manifest: Manifest | None = None
         self._manifest_read = False
-        self.version = 0  # bumped on every change, so side indexes (BM25) know to rebuild
 
     # --- opening ---------------------------------------------------------------------------------------
     @property
@@ -244,6 +246,10 @@ class ArticleIndex:
 
     # --- reading ---------------------------------------------------------------------------------------
     @property
+    def generation(self) -> int:
+        return self.manifest.generation if self.manifest else 0
+
+    @property
     def articles(self) -> dict[str, IndexedArticle]:
         return self.manifest.articles if self.manifest else {}
 
@@ -320,28 +326,40 @@ class ArticleIndex:
                 ) from exc
             marker = self.root / _IN_PROGRESS
             try:
-                _atomic_write(marker, json.dumps({"paths": sorted(set(paths))}))
+                atomic_write(marker, json.dumps({"paths": sorted(set(paths))}))
             except OSError as exc:
                 raise RagIndexError(f"Cannot write to the index folder {self.root}: {exc}.") from exc
             yield
             marker.unlink(missing_ok=True)
 
-    def sync(self, articles: dict[str, IndexedArticle], *, progress: bool = False) -> tuple[int, int]:
+    def sync(
+        self, articles: dict[str, IndexedArticle], *, only: set[str] | None = None, progress: bool = False
+    ) -> tuple[int, int]:
         """Make Chroma and the manifest hold exactly ``articles``.
 
-        Returns how many chunks and sentences were embedded (only what Chroma did not hold yet).
+        ``only`` limits the comparison with Chroma to those article ids (what an ordinary ingest
+        changed), so re-indexing one article in a large archive does not list every vector; without it
+        every id is compared, which is how an interrupted ingest is completed. Returns how many chunks
+        and sentences were embedded.
         """
-        chunks = {cid: (a, i, *a.chunks[i]) for a in articles.values() for i, cid in enumerate(a.chunk_ids())}
-        sentences = {
-            sid: (a, i, *a.sentences[i]) for a in articles.values() for i, sid in enumerate(a.sentence_ids())
-        }
+        scope = articles.values() if only is None else [a for a in articles.values() if a.id in only]
+        chunks = {cid: (a, i, *a.chunks[i]) for a in scope for i, cid in enumerate(a.chunk_ids())}
+        sentences = {sid: (a, i, *a.sentences[i]) for a in scope for i, sid in enumerate(a.sentence_ids())}
         try:
-            embedded = (
-                self._sync_collection(self.collection, chunks, progress),
-                self._sync_collection(self.sentence_collection, sentences, progress),
+            chunk_changes = self._sync_collection(self.collection, chunks, only, progress)
+            sentence_changes = self._sync_collection(self.sentence_collection, sentences, only, progress)
+            unchanged = (
+                chunk_changes == sentence_changes == (0, 0)
+                and self.manifest is not None
+                and {k: a.content_hash for k, a in self.manifest.articles.items()}
+                == {k: a.content_hash for k, a in articles.items()}
             )
-            manifest = Manifest(signature=self.expected_signature(), articles=articles)
-            _atomic_write(self.root / _MANIFEST, manifest.model_dump_json())
+            if not unchanged:
+                manifest = Manifest(
+                    signature=self.expected_signature(), articles=articles, generation=self.generation + 1
+                )
+                atomic_write(self.root / _MANIFEST, manifest.model_dump_json())
+                self.manifest = manifest
         except RagIndexError:
             raise
         except Exception as exc:  # disk full, read-only folder, a broken database: all end here
@@ -350,15 +368,27 @@ class ArticleIndex:
                 "already indexed was lost. Free disk space or fix the folder's permissions, then run "
                 "`rag ingest` again: it completes the interrupted ingest."
             ) from exc
-        self.manifest = manifest
-        self.version += 1
-        return embedded
+        return chunk_changes[0], sentence_changes[0]
 
     def _sync_collection(
-        self, collection: Collection, wanted: dict[str, tuple[IndexedArticle, int, int, int]], progress: bool
-    ) -> int:
-        """Delete the vectors nobody wants any more, embed and add the wanted ones that are missing."""
-        existing = set(collection.get(include=[])["ids"])
+        self,
+        collection: Collection,
+        wanted: dict[str, tuple[IndexedArticle, int, int, int]],
+        only: set[str] | None,
+        progress: bool,
+    ) -> tuple[int, int]:
+        """Delete the vectors nobody wants any more, embed and add the wanted ones that are missing.
+
+        Returns (added, deleted).
+        """
+        if only is None:
+            existing = set(collection.get(include=[])["ids"])
+        elif only:
+            wanted_ids: list[str | int | float | bool] = list(sorted(only))
+            article_filter: Where = {"article_id": {"$in": wanted_ids}}  # type: ignore[dict-item]
+            existing = set(collection.get(where=article_filter, include=[])["ids"])
+        else:
+            existing = set()
         stale = sorted(existing - wanted.keys())
         batch = self.client.get_max_batch_size()
         for start in range(0, len(stale), batch):
@@ -377,7 +407,7 @@ class ArticleIndex:
                     for article, index, s, e in spans
                 ],
             )
-        return len(missing)
+        return len(missing), len(stale)
 
     def wipe(self) -> None:
         """Delete the whole index (for ``--rebuild``)."""
@@ -388,7 +418,7 @@ class ArticleIndex:
         self._collections.clear()
         self.manifest = None
         (self.root / _MANIFEST).unlink(missing_ok=True)
-        self.version += 1
+        shutil.rmtree(self.root / "bm25", ignore_errors=True)
 
     def _read_manifest(self) -> Manifest | None:
         path = self.root / _MANIFEST
@@ -409,7 +439,7 @@ class ArticleIndex:
         return manifest
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     """Write-then-rename, so a crash leaves the old file or the new one, never half of one."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as handle:

@@ -47,19 +47,23 @@ class Pipeline:
         """Index new and changed articles, drop deleted ones; a second run changes nothing."""
         started = time.perf_counter()
         targets = [Path(p) for p in paths] if paths is not None else [Path(self.settings.corpus_dir)]
+        # A full comparison with Chroma on a first build, a rebuild, or to finish an interrupted ingest;
+        # otherwise only the articles this ingest touches are compared.
+        full = rebuild or not self.index.exists or self.index.interrupted is not None
         with self.index.writing(str(p) for p in targets):
             if rebuild:
                 self.index.wipe()
             else:
                 self.index.check_compatible()
-            self.index.collection  # noqa: B018  (open Chroma now, not inside the first visitor's request)
-            self.index.sentence_collection  # noqa: B018
             report = IngestReport()
             loaded, report.skipped = load_articles(targets, max_bytes=self.settings.max_file_bytes)
             articles = self._plan(loaded, report)
+            touched = None if full else set(report.added + report.updated + report.removed)
             report.chunks_embedded, report.sentences_embedded = self.index.sync(
-                articles, progress=self.settings.progress
+                articles, only=touched, progress=self.settings.progress
             )
+            if report.changed or full or not self.retriever.sparse.load(self.index.generation):
+                self.retriever.sparse.rebuild(articles, self.index.generation)
         report.seconds = round(time.perf_counter() - started, 3)
         return report
 
@@ -143,6 +147,8 @@ class Pipeline:
                 self.ingest()
             else:
                 self.index.check_compatible()
+            self.index.collection  # noqa: B018  (open Chroma now, not inside the first visitor's request)
+            self.index.sentence_collection  # noqa: B018
 
     # --- query -------------------------------------------------------------------------------------
     def validate(self, question: str) -> str:

@@ -7,10 +7,8 @@ between the two, which matters because their scores live on unrelated scales.
 
 from __future__ import annotations
 
-import math
 import re
 import threading
-from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -18,11 +16,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rag.settings import Settings
+from rag.sparse import SparseIndex, tokenize
 from rag.types import Chunk
 
 if TYPE_CHECKING:
-    import bm25s
-
     from rag.embeddings import Embedder
     from rag.index import ArticleIndex
 
@@ -41,34 +38,6 @@ class Candidate:
     shingles: frozenset[tuple[str, ...]] = field(default_factory=frozenset)
 
 
-@lru_cache(maxsize=1)
-def _stemmer():  # type: ignore[no-untyped-def]
-    import Stemmer
-
-    return Stemmer.Stemmer("english")
-
-
-# Words that shape a question but never carry its topic, on top of bm25s' English stop words.
-_QUESTION_WORDS = "say said says tell told get got let kind sort many much whether according".split()
-
-
-@lru_cache(maxsize=1)
-def _stopwords() -> list[str]:
-    from bm25s.stopwords import STOPWORDS_EN_PLUS
-
-    return sorted(set(STOPWORDS_EN_PLUS) | set(_QUESTION_WORDS))
-
-
-def tokenize(texts: list[str]) -> list[list[str]]:
-    """Lower-cased, stop-word-free, stemmed tokens: the same analysis for documents and queries."""
-    import bm25s
-
-    tokens: list[list[str]] = bm25s.tokenize(
-        texts, stopwords=_stopwords(), stemmer=_stemmer(), return_ids=False, show_progress=False
-    )
-    return tokens
-
-
 @lru_cache(maxsize=8192)
 def shingles(text: str, n: int = 3) -> frozenset[tuple[str, ...]]:
     words = [w.lower() for w in _WORD.findall(text)]
@@ -84,33 +53,18 @@ class HybridRetriever:
         self.index = index
         self.embedder = embedder
         self.settings = settings
-        self._bm25: bm25s.BM25 | None = None
-        self._bm25_chunks: list[Chunk] = []
-        self._bm25_version = -1
-        self._document_frequency: Counter[str] = Counter()
+        self.sparse = SparseIndex(index.root)
         self._lock = threading.Lock()
 
-    def _sparse_index(self) -> tuple[bm25s.BM25 | None, list[Chunk]]:
-        """BM25 over all chunks, rebuilt only when the index changed since the last build."""
+    def sparse_index(self) -> SparseIndex:
+        """The persisted BM25 index for the current manifest; rebuilt here only if it is missing or
+        stale (an ingest that died between writing the manifest and saving BM25)."""
         with self._lock:
-            if self._bm25_version != self.index.version:
-                import bm25s
-
-                chunks = self.index.all_chunks()
-                tokens = tokenize([c.text for c in chunks])
-                model = None
-                if chunks:
-                    model = bm25s.BM25()
-                    model.index(tokens, show_progress=False)
-                self._document_frequency = Counter(t for doc in tokens for t in set(doc))
-                self._bm25, self._bm25_chunks, self._bm25_version = model, chunks, self.index.version
-            return self._bm25, self._bm25_chunks
-
-    def idf(self, term: str) -> float:
-        """Inverse document frequency over chunks; a term no chunk contains weighs the most."""
-        self._sparse_index()
-        total = len(self._bm25_chunks)
-        return math.log((total + 1) / (self._document_frequency.get(term, 0) + 0.5))
+            generation = self.index.generation
+            if not self.sparse.load(generation):
+                self.sparse.rebuild(self.index.articles, generation)
+                self.sparse.load(generation)
+            return self.sparse
 
     def coverage(self, query: str, texts: list[str]) -> float:
         """IDF-weighted share of the query's terms that occur in the texts (0..1).
@@ -122,16 +76,17 @@ class HybridRetriever:
         if not terms:
             return 0.0
         present = set(tokenize([" ".join(texts)])[0])
-        weights = {t: self.idf(t) for t in terms}
+        sparse = self.sparse_index()
+        weights = {t: sparse.idf(t) for t in terms}
         return sum(w for t, w in weights.items() if t in present) / sum(weights.values())
 
     def sparse_search(self, query: str, k: int) -> list[tuple[Chunk, float]]:
-        model, chunks = self._sparse_index()
-        tokens = tokenize([query])
-        if model is None or not tokens[0]:
-            return []
-        ids, scores = model.retrieve(tokens, k=min(k, len(chunks)), show_progress=False, n_threads=1)
-        return [(chunks[int(i)], float(s)) for i, s in zip(ids[0], scores[0], strict=True) if s > 0]
+        articles = self.index.articles
+        return [
+            (articles[article_id].chunk(index), score)
+            for (article_id, index), score in self.sparse_index().search(query, k)
+            if article_id in articles and index < len(articles[article_id].chunks)
+        ]
 
     def search(self, query: str, limit: int | None = None) -> list[Candidate]:
         """Up to ``limit`` (default: settings.top_k) fused, de-duplicated candidates, best first."""

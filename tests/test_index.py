@@ -132,3 +132,24 @@ def test_chroma_never_runs_its_default_embedding_model(shipped: Pipeline) -> Non
     configuration = shipped.index.collection.configuration
     assert configuration.get("embedding_function") is None
     assert not (Path.home() / ".cache" / "chroma" / "onnx_models").exists()
+
+
+def test_bm25_is_saved_at_ingest_and_only_loaded_at_start(fresh_pipeline: Pipeline, corpus_dir: Path) -> None:
+    fresh_pipeline.ingest()
+    saved = Path(fresh_pipeline.settings.index_dir) / "bm25" / "keys.json"
+    generation = fresh_pipeline.index.generation
+    assert json.loads(saved.read_text())["generation"] == generation
+    stamp = saved.stat().st_mtime_ns
+
+    restarted = Pipeline(fresh_pipeline.settings)
+    assert restarted.query("Which news agency reported the interview?").found
+    assert restarted.retriever.sparse.generation == generation
+    assert saved.stat().st_mtime_ns == stamp  # loaded, not rebuilt
+
+    assert not restarted.ingest().changed
+    assert saved.stat().st_mtime_ns == stamp  # a no-op ingest leaves it alone
+    first = sorted(corpus_dir.glob("*.txt"))[0]
+    first.write_text(first.read_text() + "\nThe Holmenkollen venue was mentioned once.\n")
+    restarted.ingest()
+    assert json.loads(saved.read_text())["generation"] == generation + 1
+    assert restarted.retriever.sparse_search("Holmenkollen venue", 3)[0][0].article_id == first.stem

@@ -1,0 +1,138 @@
+"""The BM25 side index, persisted next to the manifest and updated at ingest, never per query or start.
+
+Tokenising (lower-casing, stop words, stemming) is most of the cost of a BM25 build, so each article's
+tokens are cached under its content hash: an ingest re-tokenises only new and changed articles, then
+rebuilds the (cheap) term matrix and saves it. A query process just memory-maps the saved matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rag.index import IndexedArticle, atomic_write
+
+if TYPE_CHECKING:
+    import bm25s
+
+# Words that shape a question but never carry its topic, on top of bm25s' English stop words.
+_QUESTION_WORDS = "say said says tell told get got let kind sort many much whether according".split()
+
+
+@lru_cache(maxsize=1)
+def _stemmer():  # type: ignore[no-untyped-def]
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
+
+
+@lru_cache(maxsize=1)
+def _stopwords() -> list[str]:
+    from bm25s.stopwords import STOPWORDS_EN_PLUS
+
+    return sorted(set(STOPWORDS_EN_PLUS) | set(_QUESTION_WORDS))
+
+
+def tokenize(texts: list[str]) -> list[list[str]]:
+    """Lower-cased, stop-word-free, stemmed tokens: the same analysis for documents and queries."""
+    import bm25s
+
+    tokens: list[list[str]] = bm25s.tokenize(
+        texts, stopwords=_stopwords(), stemmer=_stemmer(), return_ids=False, show_progress=False
+    )
+    return tokens
+
+
+class SparseIndex:
+    """BM25 over every chunk, with document frequencies for term weighting."""
+
+    def __init__(self, root: Path) -> None:
+        self.folder = root / "bm25"
+        self.model: bm25s.BM25 | None = None
+        self.keys: list[tuple[str, int]] = []  # (article id, chunk index) per BM25 document
+        self.document_frequency: dict[str, int] = {}
+        self.generation = -1
+
+    # --- building (at ingest) --------------------------------------------------------------------
+    def rebuild(self, articles: dict[str, IndexedArticle], generation: int) -> None:
+        """Re-tokenise only what changed since the cached tokens, rebuild the matrix, save it all."""
+        import bm25s
+
+        cache = self._read_json("tokens.json", {})
+        tokens: dict[str, dict[str, object]] = {}
+        changed = [a for a in articles.values() if cache.get(a.id, {}).get("hash") != a.content_hash]
+        fresh = tokenize([c.text for a in changed for c in a.iter_chunks()])
+        cursor = 0
+        for article in changed:
+            count = len(article.chunks)
+            tokens[article.id] = {"hash": article.content_hash, "chunks": fresh[cursor : cursor + count]}
+            cursor += count
+        for article in articles.values():
+            if article.id not in tokens:
+                tokens[article.id] = cache[article.id]
+        keys = [(a.id, i) for a in articles.values() for i in range(len(a.chunks))]
+        corpus = [doc for a in articles.values() for doc in tokens[a.id]["chunks"]]  # type: ignore[attr-defined]
+        frequency = Counter(t for doc in corpus for t in set(doc))
+        staging = self.folder.with_name("bm25.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        if corpus:
+            model = bm25s.BM25()
+            model.index(corpus, show_progress=False)
+            model.save(str(staging), show_progress=False)
+        atomic_write(staging / "tokens.json", json.dumps(tokens))
+        atomic_write(
+            staging / "keys.json",
+            json.dumps({"generation": generation, "keys": keys, "document_frequency": frequency}),
+        )
+        shutil.rmtree(self.folder, ignore_errors=True)
+        staging.rename(self.folder)
+        self.model = None
+        self.generation = -1
+
+    # --- reading (at query time) -----------------------------------------------------------------
+    def load(self, generation: int) -> bool:
+        """Memory-map the saved index; False when it is missing or older than the manifest."""
+        import bm25s
+
+        if self.generation == generation:
+            return True
+        meta = self._read_json("keys.json", {})
+        if meta.get("generation") != generation:
+            return False
+        self.keys = [(a, int(i)) for a, i in meta["keys"]]
+        self.document_frequency = meta["document_frequency"]
+        self.model = (
+            bm25s.BM25.load(str(self.folder), mmap=True, show_progress=False, verbosity=0)
+            if self.keys
+            else None
+        )
+        self.generation = generation
+        return True
+
+    def search(self, query: str, k: int) -> list[tuple[tuple[str, int], float]]:
+        tokens = tokenize([query])
+        if self.model is None or not tokens[0]:
+            return []
+        known = [[t for t in tokens[0] if t in self.model.vocab_dict]]
+        if not known[0]:
+            return []
+        ids, scores = self.model.retrieve(known, k=min(k, len(self.keys)), show_progress=False, n_threads=1)
+        return [(self.keys[int(i)], float(s)) for i, s in zip(ids[0], scores[0], strict=True) if s > 0]
+
+    def idf(self, term: str) -> float:
+        """Inverse document frequency over chunks; a term no chunk contains weighs the most."""
+        total = len(self.keys)
+        return math.log((total + 1) / (self.document_frequency.get(term, 0) + 0.5))
+
+    def _read_json(self, name: str, default: dict[str, object]) -> dict:  # type: ignore[type-arg]
+        path = self.folder / name
+        try:
+            return json.loads(path.read_text(encoding="utf-8")) if path.exists() else default
+        except ValueError:
+            return default
