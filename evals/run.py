@@ -26,6 +26,16 @@ from rag.settings import Settings
 
 HERE = Path(__file__).resolve().parent
 console = Console(width=120)
+# The rates shown per question type and in the chart (all 0..1, higher is better).
+QUALITY_KEYS = [
+    "hit_at_1",
+    "hit_at_5",
+    "mrr",
+    "answer_containment",
+    "cited_support",
+    "answered_when_answerable",
+    "abstained_when_unanswerable",
+]
 ROWS = [
     ("hit@1", "hit_at_1"),
     ("hit@3", "hit_at_3"),
@@ -130,16 +140,7 @@ def print_table(ours: Summary, base: Summary) -> None:
     table.add_row("p50 latency ratio (ours / baseline)", f"{ratio:.2f}", "1.00")
     console.print(table)
     by_type = Table(title="Ours by question type")
-    keys = [
-        "n",
-        "hit_at_5",
-        "mrr",
-        "answer_containment",
-        "cited_support",
-        "answered_when_answerable",
-        "abstained_when_unanswerable",
-        "median_answer_words",
-    ]
+    keys = ["n", *QUALITY_KEYS[1:], "median_answer_words"]
     by_type.add_column("type")
     for key in keys:
         by_type.add_column(key, justify="right")
@@ -154,15 +155,7 @@ def plot(ours: Summary, base: Summary, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [
-        "hit_at_1",
-        "hit_at_5",
-        "mrr",
-        "answer_containment",
-        "cited_support",
-        "answered_when_answerable",
-        "abstained_when_unanswerable",
-    ]
+    keys = QUALITY_KEYS
     x = range(len(keys))
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [4, 1]})
     left.bar([i - 0.2 for i in x], [getattr(ours, k) for k in keys], 0.4, label="ours")

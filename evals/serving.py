@@ -21,6 +21,29 @@ def free_loopback_port() -> int:
 
 
 @contextmanager
+def process_serving(
+    command: list[str], url: str, log_path: Path, env: dict[str, str] | None = None, timeout_s: float = 180
+) -> Iterator[str]:
+    """Run a server process until ``url`` answers 200, yield the URL, stop the process afterwards."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                assert proc.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, f"{command[0]} did not start:\n" + log_path.read_text()
+                try:
+                    if httpx.get(url, timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+@contextmanager
 def running_app(
     corpus_dir: Path, index_dir: Path, port: int | None = None, **env_extra: str
 ) -> Iterator[str]:
@@ -33,23 +56,8 @@ def running_app(
         "GRADIO_SERVER_PORT": str(port),
         **env_extra,
     }
-    log_path = index_dir.parent / f"serve-{port}.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "rag", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        url = f"http://127.0.0.1:{port}/"
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                assert proc.poll() is None, log_path.read_text()
-                assert time.monotonic() < deadline, "the app did not start:\n" + log_path.read_text()
-                try:
-                    if httpx.get(url, timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    command = [sys.executable, "-m", "rag", "serve"]
+    with process_serving(
+        command, f"http://127.0.0.1:{port}/", index_dir.parent / f"serve-{port}.log", env
+    ) as url:
+        yield url

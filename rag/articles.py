@@ -206,7 +206,7 @@ def load_article(
     raw = decode_bytes(path.read_bytes())
     return parse_article(
         raw, suffix=suffix, article_id=article_id or article_id_for(path), source=str(path.resolve())
-    )
+    ).model_copy(update={"stamp": file_stamp(path)})
 
 
 def discover_files(paths: Iterable[Path]) -> Iterator[tuple[Path, Path]]:
@@ -222,15 +222,45 @@ def discover_files(paths: Iterable[Path]) -> Iterator[tuple[Path, Path]]:
             yield path, path  # named explicitly: followed even if it is a link
 
 
-def load_articles(paths: Iterable[Path], *, max_bytes: int) -> tuple[list[Article], list[SkippedFile]]:
-    """Load every file it can; the rest are reported with a reason, never silently dropped."""
-    articles: list[Article] = []
-    skipped: list[SkippedFile] = []
+@lru_cache(maxsize=1)
+def _rules_digest() -> str:
+    return hashlib.sha1(_RULES_FILE.read_bytes()).hexdigest()[:8]
+
+
+def file_stamp(path: Path) -> str:
+    """Size, modification time and cleaning-rules version: when all three match the indexed ones, the
+    file need not be read again (reading and cleaning thousands of files is most of a re-ingest)."""
+    info = path.stat()
+    return f"{info.st_size}:{info.st_mtime_ns}:{_rules_digest()}"
+
+
+@dataclass
+class Scan:
+    articles: list[Article]
+    skipped: list[SkippedFile]
+    unchanged: list[str]  # sources whose stamp matched the one given: not read
+
+
+def scan_articles(paths: Iterable[Path], *, max_bytes: int, known: dict[str, str] | None = None) -> Scan:
+    """Load every file it can, except those whose stamp matches ``known`` (source -> stamp); the rest
+    are reported with a reason, never silently dropped."""
+    scan = Scan([], [], [])
+    known = known or {}
     for path, root in discover_files(paths):
         try:
             if root != path and path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
                 raise ArticleError(f"symbolic link to {path.resolve()}, outside {root}: not followed")
-            articles.append(load_article(path, max_bytes=max_bytes))
+            source = str(path.resolve())
+            if source in known and known[source] == file_stamp(path):
+                scan.unchanged.append(source)
+                continue
+            scan.articles.append(load_article(path, max_bytes=max_bytes))
         except (ArticleError, UnicodeDecodeError, OSError) as exc:
-            skipped.append(SkippedFile(path=str(path), reason=str(exc)))
-    return articles, skipped
+            scan.skipped.append(SkippedFile(path=str(path), reason=str(exc)))
+    return scan
+
+
+def load_articles(paths: Iterable[Path], *, max_bytes: int) -> tuple[list[Article], list[SkippedFile]]:
+    """Every article under the paths, and the files refused with their reasons."""
+    scan = scan_articles(paths, max_bytes=max_bytes)
+    return scan.articles, scan.skipped

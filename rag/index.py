@@ -351,8 +351,8 @@ class ArticleIndex:
             unchanged = (
                 chunk_changes == sentence_changes == (0, 0)
                 and self.manifest is not None
-                and {k: a.content_hash for k, a in self.manifest.articles.items()}
-                == {k: a.content_hash for k, a in articles.items()}
+                and {k: (a.content_hash, a.stamp) for k, a in self.manifest.articles.items()}
+                == {k: (a.content_hash, a.stamp) for k, a in articles.items()}
             )
             if not unchanged:
                 manifest = Manifest(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.answer import ExtractiveAnswerer
-from rag.articles import ArticleError, article_id_for, load_article, load_articles
+from rag.articles import ArticleError, article_id_for, load_article, scan_articles
 from rag.chunking import chunk_article, sentence_spans
 from rag.embeddings import Embedder
 from rag.followup import resolve_followup
@@ -56,8 +56,12 @@ class Pipeline:
             else:
                 self.index.check_compatible()
             report = IngestReport()
-            loaded, report.skipped = load_articles(targets, max_bytes=self.settings.max_file_bytes)
-            articles = self._plan(loaded, report)
+            known = {} if rebuild else {a.source: a.stamp for a in self.index.articles.values()}
+            scan = scan_articles(targets, max_bytes=self.settings.max_file_bytes, known=known)
+            report.skipped = scan.skipped
+            by_source = {a.source: a.id for a in self.index.articles.values()}
+            report.unchanged = [by_source[source] for source in scan.unchanged]
+            articles = self._plan(scan.articles, report)
             touched = None if full else set(report.added + report.updated + report.removed)
             report.chunks_embedded, report.sentences_embedded = self.index.sync(
                 articles, only=touched, progress=self.settings.progress
@@ -81,6 +85,7 @@ class Pipeline:
             previous = current.get(article.id)
             if previous is not None and previous.content_hash == article.content_hash:
                 report.unchanged.append(article.id)
+                current[article.id] = previous.model_copy(update={"stamp": article.stamp})  # touched only
                 continue
             digest = hashlib.sha256(article.text.encode()).hexdigest()
             twin = texts.get(digest)

@@ -15,6 +15,7 @@ class Article(BaseModel):
     outlet: str | None = None
     date: str | None = None
     content_hash: str = Field(description="Hash of the cleaned text; a change means re-indexing.")
+    stamp: str = Field("", description="File size, mtime and rules version when read (see file_stamp).")
 
 
 class Chunk(BaseModel):

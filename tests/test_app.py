@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
+import pytest
 from gradio_client import Client
+
+from evals.serving import running_app
 
 
 def test_web_chat_answers_with_citations(server: str) -> None:
@@ -17,3 +22,11 @@ def test_web_chat_answers_with_citations(server: str) -> None:
     assert citation["quote"] in result["text"] and citation["end"] > citation["start"]
     refused = client.predict("", None, api_name="/ask")
     assert "Please ask a question" in refused["error"]
+
+
+def test_login_is_required_when_configured(tmp_path: Path, corpus_dir: Path) -> None:
+    with running_app(corpus_dir, tmp_path / "index", RAG_AUTH="reader:s3cret") as url:
+        with pytest.raises(Exception):  # noqa: B017  (gradio_client raises its own auth errors)
+            Client(url, verbose=False).predict("Who offered to host the talks?", None, api_name="/ask")
+        client = Client(url, auth=("reader", "s3cret"), verbose=False)
+        assert client.predict("How far is the Belarusian border from Kyiv?", None, api_name="/ask")["found"]

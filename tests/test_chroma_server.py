@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 
-from evals.serving import free_loopback_port
+from evals.serving import free_loopback_port, process_serving
 from rag.index import RagIndexError
 from rag.pipeline import Pipeline
 from tests.conftest import CORPUS, make_settings
@@ -23,28 +20,12 @@ CHROMA = Path(sys.executable).with_name("chroma")
 
 @contextmanager
 def chroma_server(data: Path, port: int) -> Iterator[str]:
-    log = open(data.parent / f"chroma-{port}.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [str(CHROMA), "run", "--path", str(data), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    command = [str(CHROMA), "run", "--path", str(data), "--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (data.parent / f"chroma-{port}.log").read_text()
-            assert time.monotonic() < deadline, "the Chroma server did not start"
-            try:
-                if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with process_serving(
+        command, f"{url}/api/v2/heartbeat", data.parent / f"chroma-{port}.log", timeout_s=60
+    ):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def test_ingest_and_answer_through_a_chroma_server_across_a_restart(tmp_path: Path) -> None:
