@@ -253,9 +253,6 @@ class ArticleIndex:
     def articles(self) -> dict[str, IndexedArticle]:
         return self.manifest.articles if self.manifest else {}
 
-    def all_chunks(self) -> list[Chunk]:
-        return [chunk for article in self.articles.values() for chunk in article.iter_chunks()]
-
     def chunk_count(self) -> int:
         return sum(len(a.chunks) for a in self.articles.values())
 

@@ -32,9 +32,6 @@ class Candidate:
 
     chunk: Chunk
     fused: float = 0.0
-    dense: float = 0.0  # cosine similarity to the query, -1..1 (0 when only BM25 found it)
-    dense_rank: int | None = None
-    sparse_rank: int | None = None
     shingles: frozenset[tuple[str, ...]] = field(default_factory=frozenset)
 
 
@@ -93,13 +90,11 @@ class HybridRetriever:
         k = self.settings.candidates
         query_vector = self.embedder.embed_query(query)
         pool: dict[tuple[str, int], Candidate] = {}
-        for rank, (chunk, similarity) in enumerate(self.index.dense_search(query_vector, k)):
+        for rank, (chunk, _similarity) in enumerate(self.index.dense_search(query_vector, k)):
             cand = pool.setdefault((chunk.article_id, chunk.index), Candidate(chunk))
-            cand.dense, cand.dense_rank = similarity, rank
             cand.fused += 1.0 / (self.settings.rrf_k + rank + 1)
         for rank, (chunk, _score) in enumerate(self.sparse_search(query, k)):
             cand = pool.setdefault((chunk.article_id, chunk.index), Candidate(chunk))
-            cand.sparse_rank = rank
             cand.fused += self.settings.sparse_weight / (self.settings.rrf_k + rank + 1)
         ranked = sorted(pool.values(), key=lambda c: c.fused, reverse=True)
         limit = limit or self.settings.top_k
