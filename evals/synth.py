@@ -1,6 +1,6 @@
-"""Deterministic synthetic corpora for benchmarks and fault tests, recombined from real article text.
+"""Deterministic synthetic corpora for benchmarks and fault tests, written from real article text.
 
-With no network there is no archive to download; recombining sentences of real news articles gives
+With no network there is no archive to download; a word-trigram model of real news articles writes
 documents with realistic length, vocabulary and sentence structure. A fixed seed makes every corpus
 reproducible. The real articles are not included: callers copy them in when they need them.
 """
@@ -19,21 +19,6 @@ def source_sentences(corpus_dir: Path) -> list[str]:
     articles, _ = load_articles([corpus_dir], max_bytes=10_000_000)
     sentences = [a.text[s.start : s.end] for a in articles for s in sentence_spans(a.text)]
     return [s for s in sentences if len(s.split()) >= 5]
-
-
-def write_synthetic_corpus(source_dir: Path, target_dir: Path, count: int, seed: int = 13) -> list[Path]:
-    """Write ``count`` articles of 4 to 9 paragraphs of 2 to 5 sentences each to ``target_dir``."""
-    sentences = source_sentences(source_dir)
-    target_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for i in range(count):
-        rng = random.Random(seed * 1_000_003 + i)
-        title = " ".join(rng.choice(sentences).split()[:8]).rstrip(".,;:")
-        paragraphs = [" ".join(rng.sample(sentences, rng.randint(2, 5))) for _ in range(rng.randint(4, 9))]
-        path = target_dir / f"synthetic-{seed}-{i:05d}.txt"
-        path.write_text(f"{title}\n\n" + "\n\n".join(paragraphs) + "\n", encoding="utf-8")
-        written.append(path)
-    return written
 
 
 class MarkovWriter:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from evals.synth import write_synthetic_corpus
+from evals.synth import write_distractor_corpus
 from rag.index import RagIndexError
 from rag.pipeline import Pipeline, QuestionError
 from tests.conftest import CORPUS, make_settings
@@ -101,7 +101,7 @@ def test_a_damaged_manifest_names_the_fix(fresh_pipeline: Pipeline) -> None:
 def test_killed_mid_ingest_the_next_start_completes_it_exactly_once(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     shutil.copytree(CORPUS, corpus)
-    write_synthetic_corpus(CORPUS, corpus, 60)
+    write_distractor_corpus(CORPUS, corpus, 60)
     index = tmp_path / "index"
     env = {**os.environ, "RAG_CORPUS_DIR": str(corpus), "RAG_INDEX_DIR": str(index), "RAG_PROGRESS": "false"}
     proc = subprocess.Popen(
