@@ -43,6 +43,10 @@ _CSS = """
 .cite-chip:hover { background:#c7d2fe; }
 .not-found { border-left:4px solid #f59e0b; background:#fffbeb; padding:.5em .8em; color:#78350f; }
 .refs { font-size:.9em; color:#374151; }
+.notice { border-left:4px solid #9ca3af; background:#f3f4f6; padding:.3em .8em; margin-bottom:.5em;
+          font-size:.9em; color:#374151; }
+.uncited { text-decoration:underline dotted #b45309; }
+.uncited::after { content:" (uncited)"; font-size:.8em; color:#b45309; }
 #sources { white-space:pre-wrap; line-height:1.5; }
 #sources mark { background:#fde68a; padding:.1em 0; }
 #sources h3 { position:sticky; top:0; background:var(--block-background-fill, #fff); margin-top:0; }
@@ -83,22 +87,27 @@ def chip(turn: int, citation: Citation) -> str:
 
 
 def format_answer(answer: Answer, turn: int) -> str:
-    """The chat message: the answer with clickable chips, then the numbered references."""
+    """The chat message: a notice if any, the answer with clickable chips, then the numbered references."""
+    notice = f'<div class="notice">⚠️ {safe(answer.notice)}</div>' if answer.notice else ""
     if not answer.found:
         searched = "; ".join(dict.fromkeys(p.title for p in answer.passages)) or "no articles"
         return (
-            f'<div class="not-found"><strong>Not found in the articles.</strong> {safe(answer.text)}'
+            f'{notice}<div class="not-found"><strong>Not found in the articles.</strong> {safe(answer.text)}'
             f"<br><small>Searched the closest passages in: {safe(searched)}</small></div>"
         )
     by_n = {c.n: c for c in answer.citations}
-    body = _MARKER.sub(
-        lambda m: chip(turn, by_n[int(m.group(1))]) if int(m.group(1)) in by_n else "",
-        safe_keep_markers(answer.text),
-    )
+    body = safe_keep_markers(answer.text)
+    for sentence in answer.uncited:
+        body = body.replace(
+            safe(sentence),
+            f'<span class="uncited" title="No cited passage supports this sentence">{safe(sentence)}</span>',
+            1,
+        )
+    body = _MARKER.sub(lambda m: chip(turn, by_n[int(m.group(1))]) if int(m.group(1)) in by_n else "", body)
     refs = "<br>".join(
         f"[{c.n}] <strong>{safe(c.title)}</strong>: “{safe(c.quote)}”" for c in answer.citations
     )
-    return f'{body}<div class="refs"><br>{refs}</div>'
+    return f'{notice}{body}<div class="refs"><br>{refs}</div>'
 
 
 def safe_keep_markers(text: str) -> str:
@@ -138,26 +147,31 @@ def format_source(citation: dict[str, Any]) -> str:
 def respond(
     message: str, shown: Messages, plain: Messages, cited: Cited
 ) -> Iterator[tuple[Messages, Messages, Cited, str, str]]:
-    """One chat turn, streamed word by word; ``plain`` is the unformatted history for follow-ups."""
+    """One chat turn, streamed as the generator writes; ``plain`` is the unformatted history for follow-ups.
+
+    The streamed text is the generator's raw output; the final message is the checked answer, whose
+    citations were verified after the last token (so markers may change or go when it lands).
+    """
     shown, plain, cited = list(shown or []), list(plain or []), dict(cited or {})
+    turn = len(plain) // 2 + 1
+    written = ""
     try:
-        answer = rag.query(message, history=plain)
+        for piece in rag.stream(message, history=plain):
+            if isinstance(piece, Answer):
+                answer = piece
+                break
+            if not written:
+                shown.append({"role": "user", "content": safe(message)})
+            written += piece
+            yield [*shown, {"role": "assistant", "content": safe_keep_markers(written)}], plain, cited, "", ""
+        else:  # pragma: no cover  (every generator ends with an Answer; the pipeline guarantees it)
+            return
     except (QuestionError, RagIndexError) as exc:
         shown.append({"role": "assistant", "content": f"⚠️ {safe(str(exc))}"})
         yield shown, plain, cited, message, ""
         return
-    turn = len(plain) // 2 + 1
-    shown.append({"role": "user", "content": safe(message)})
-    words = answer.text.split(" ")
-    for i in range(1, len(words), max(1, len(words) // 8)):
-        partial = safe_keep_markers(" ".join(words[:i]))
-        yield (
-            [*shown, {"role": "assistant", "content": partial}],
-            plain,
-            cited,
-            "",
-            "",
-        )
+    if not written:
+        shown.append({"role": "user", "content": safe(message)})
     shown.append({"role": "assistant", "content": format_answer(answer, turn)})
     plain += [{"role": "user", "content": message}, {"role": "assistant", "content": answer.text}]
     for c in answer.citations:

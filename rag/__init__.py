@@ -4,12 +4,14 @@ import rag
 rag.ingest()                       # index settings.corpus_dir (incremental)
 ans = rag.query("Who offered to host the talks?")
 print(ans.text, ans.citations)
+for piece in rag.stream("Where could the talks be held?"):   # text pieces, then the Answer
+    print(piece)
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +41,7 @@ __all__ = [
     "ingest",
     "list_articles",
     "query",
+    "stream",
 ]
 
 _pipeline: Pipeline | None = None
@@ -87,9 +90,20 @@ def add_files(files: Iterable[tuple[str | Path, str]]) -> IngestReport:
     return get_pipeline().add_files(files)
 
 
-def query(question: str, history: Sequence[dict[str, Any]] | None = None) -> Answer:
-    """Answer from the articles, with citations; ``history`` is the chat so far, for follow-ups."""
-    return get_pipeline().query(question, history)
+def query(
+    question: str,
+    history: Sequence[dict[str, Any]] | None = None,
+    *,
+    on_token: Callable[[str], None] | None = None,
+) -> Answer:
+    """Answer from the articles, with citations; ``history`` is the chat so far, for follow-ups.
+    ``on_token`` receives the answer text piece by piece as the generator writes it."""
+    return get_pipeline().query(question, history, on_token=on_token)
+
+
+def stream(question: str, history: Sequence[dict[str, Any]] | None = None) -> Iterator[str | Answer]:
+    """Pieces of the answer text as they are written, then the final, checked ``Answer``."""
+    return get_pipeline().stream(question, history)
 
 
 def article(article_id: str) -> IndexedArticle:

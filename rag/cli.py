@@ -28,15 +28,28 @@ def main(
         str | None, typer.Option(help="Model folder or package [env: RAG_EMBEDDING_MODEL]")
     ] = None,
     top_k: Annotated[int | None, typer.Option(help="Passages per answer [env: RAG_TOP_K]")] = None,
+    generator: Annotated[
+        str | None, typer.Option(help="extractive, openai or ollama [env: RAG_GENERATOR]")
+    ] = None,
+    llm_base_url: Annotated[str | None, typer.Option(help="LLM server [env: RAG_LLM_BASE_URL]")] = None,
+    llm_model: Annotated[str | None, typer.Option(help="LLM model name [env: RAG_LLM_MODEL]")] = None,
 ) -> None:
     """Flags override RAG_* environment variables, which override the defaults."""
+    from rag.generate import GeneratorConfigError
+
     overrides: dict[str, Any] = {
         "corpus_dir": corpus_dir,
         "index_dir": index_dir,
         "embedding_model": embedding_model,
         "top_k": top_k,
+        "generator": generator,
+        "llm_base_url": llm_base_url,
+        "llm_model": llm_model,
     }
-    rag.configure(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        rag.configure(**{k: v for k, v in overrides.items() if v is not None})
+    except GeneratorConfigError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _fail(message: str) -> typer.Exit:
@@ -83,7 +96,11 @@ def ask(
     if as_json:
         typer.echo(json.dumps(answer.model_dump(), ensure_ascii=False, indent=2))
         return
+    if answer.notice:
+        console.print(f"[yellow]Note:[/] {escape(answer.notice)}\n")
     console.print(escape(answer.text), style=None if answer.found else "italic")
+    for sentence in answer.uncited:
+        console.print(f"[yellow]uncited:[/] {escape(sentence)}")
     for c in answer.citations:
         console.print(
             f"\n[bold][{c.n}][/] {escape(c.title)} [dim]({escape(c.article_id)}, "

@@ -124,12 +124,9 @@ class AnswerChain(Runnable[ChainInput, Answer]):
         config: RunnableConfig | None = None,
         **kwargs: Any,
     ) -> Iterator[str | Answer]:
-        """The answer text word by word as it is produced, then the final ``Answer``."""
-        answer = self.invoke(input, config)
-        words = answer.text.split(" ")
-        for i, word in enumerate(words):
-            yield word if i == len(words) - 1 else word + " "
-        yield answer
+        """The answer text as the generator writes it, then the final, checked ``Answer``."""
+        question, history = self._parse(input)
+        yield from self._pipeline.stream(question, history)
 
 
 def answer_chain(settings: Settings | None = None) -> AnswerChain:

@@ -1,14 +1,16 @@
 """The pipeline wired together: ingest (load -> clean -> chunk -> embed -> index) and query
-(resolve follow-up -> retrieve -> answer). ``rag.ingest`` / ``rag.query`` call one shared instance.
+(resolve follow-up -> retrieve -> extractive draft -> generator). ``rag.ingest`` / ``rag.query`` call
+one shared instance.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +19,15 @@ from rag.articles import ArticleError, article_id_for, load_article, scan_articl
 from rag.chunking import chunk_article, sentence_spans
 from rag.embeddings import Embedder
 from rag.followup import resolve_followup
+from rag.generate import GenerationRequest, GeneratorError, make_generator
+from rag.grounding import Grounder
 from rag.index import ArticleIndex, IndexedArticle
 from rag.retrieve import Candidate, HybridRetriever
 from rag.settings import Settings
 from rag.types import Answer, Article, IngestReport, Passage, SkippedFile
 
 log = logging.getLogger(__name__)
+_MARKER = re.compile(r"\[(\d+)\]")
 
 
 class QuestionError(ValueError):
@@ -40,6 +45,8 @@ class Pipeline:
         self.index = ArticleIndex(settings, self.embedder)
         self.retriever = HybridRetriever(self.index, self.embedder, settings)
         self.answerer = ExtractiveAnswerer(self.index, self.embedder, settings)
+        self.grounder = Grounder(self.index, self.embedder, settings)
+        self.generator = make_generator(settings)
         self._ready = threading.Lock()
 
     # --- ingest ------------------------------------------------------------------------------------
@@ -169,16 +176,80 @@ class Pipeline:
             )
         return cleaned
 
-    def query(self, question: str, history: Sequence[dict[str, Any]] | None = None) -> Answer:
+    def query(
+        self,
+        question: str,
+        history: Sequence[dict[str, Any]] | None = None,
+        *,
+        on_token: Callable[[str], None] | None = None,
+    ) -> Answer:
+        """The checked answer; ``on_token`` sees the answer text as it is written, for streaming."""
+        for piece in self.stream(question, history):
+            if isinstance(piece, Answer):
+                return piece
+            if on_token is not None:
+                on_token(piece)
+        raise AssertionError("a generator ended without an Answer")  # pragma: no cover
+
+    def stream(
+        self, question: str, history: Sequence[dict[str, Any]] | None = None
+    ) -> Iterator[str | Answer]:
+        """Pieces of the answer text as the generator writes them, then the final, checked ``Answer``
+        (whose text can differ from the pieces: unsupported citations are removed after the fact)."""
         cleaned = self.validate(question)
         self.ensure_ready()
-        search_query = resolve_followup(cleaned, history)
+        search_query, failure = self._standalone(cleaned, history)
+        draft = self._draft(cleaned, search_query)
+        if not draft.found or failure is not None:
+            yield draft.text
+            yield draft.model_copy(update={"notice": failure}) if failure else draft
+            return
+        request = GenerationRequest(cleaned, search_query, draft.passages, draft, self.grounder)
+        try:
+            for piece in self.generator.stream(request):
+                if isinstance(piece, Answer):
+                    yield self._checked(piece, draft)
+                    return
+                yield piece
+        except GeneratorError as exc:
+            yield self._fallback(draft, str(exc))
+
+    def _standalone(self, question: str, history: Sequence[dict[str, Any]] | None) -> tuple[str, str | None]:
+        """The question to search with, and why the generator failed if it did (it is not asked again)."""
+        if not history:
+            return question, None
+        try:
+            condensed = self.generator.condense(question, history)
+        except GeneratorError as exc:
+            return resolve_followup(question, history), _fallback_notice(str(exc))
+        return condensed or resolve_followup(question, history), None
+
+    def _draft(self, question: str, search_query: str) -> Answer:
+        """The extractive answer: whether the articles answer at all, and the fallback for any generator."""
         candidates = self.retriever.search(search_query, max(self.settings.top_k, 5))
         passages = [self._passage(c) for c in candidates]
         coverage = self.retriever.coverage(search_query, [c.chunk.text for c in candidates[:3]])
         return self.answerer.answer(
-            cleaned, search_query, candidates, self.index.articles, passages, coverage
+            question, search_query, candidates, self.index.articles, passages, coverage
         )
+
+    def _checked(self, answer: Answer, draft: Answer) -> Answer:
+        """The product's promise, enforced for every generator: each quote is the article's text at its
+        offsets and each marker names a citation; an answer that breaks it is replaced by the draft."""
+        articles = self.index.articles
+        numbers = {c.n for c in answer.citations}
+        for c in answer.citations:
+            article = articles.get(c.article_id)
+            if article is None or article.text[c.start : c.end] != c.quote:
+                return self._fallback(draft, f"Generator '{answer.generator}' returned a misquoted citation.")
+        markers = {int(n) for n in _MARKER.findall(answer.text)}
+        if not markers <= numbers:
+            return self._fallback(draft, f"Generator '{answer.generator}' cited a passage it did not quote.")
+        return answer
+
+    @staticmethod
+    def _fallback(draft: Answer, why: str) -> Answer:
+        return draft.model_copy(update={"notice": _fallback_notice(why)})
 
     def _passage(self, candidate: Candidate) -> Passage:
         chunk = candidate.chunk
@@ -201,6 +272,10 @@ class Pipeline:
     def articles(self) -> list[IndexedArticle]:
         self.ensure_ready()
         return list(self.index.articles.values())
+
+
+def _fallback_notice(why: str) -> str:
+    return f"{why} Showing the answer quoted from the articles instead."
 
 
 def _copy_without_clobbering(source: Path, target: Path) -> Path:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -74,6 +74,33 @@ class Settings(BaseSettings):
     # The next sentence joins the quote when it scores within this margin of the best one.
     continuation_margin: float = Field(0.1, ge=0.0)
     max_question_chars: int = Field(2000, ge=10, description="Longer questions are refused.")
+
+    # --- answer generator (RAG_GENERATOR, RAG_LLM_*: a contract other tools rely on) -----------------
+    generator: str = Field(
+        "extractive",
+        description="Who writes the answer: 'extractive' (offline, quotes the articles), 'openai' (any "
+        "OpenAI-compatible server: vLLM, llama.cpp, LM Studio, hosted APIs) or 'ollama'; plugins add more.",
+    )
+    llm_base_url: str | None = Field(
+        None, description="The LLM server, e.g. http://127.0.0.1:8080/v1 or http://127.0.0.1:11434 (Ollama)."
+    )
+    llm_model: str | None = Field(None, description="Model name as the server knows it.")
+    llm_api_key: SecretStr | None = Field(None, description="API key, for servers that want one.")
+    # A local model on a laptop CPU needs seconds; past this the reader gets the extractive answer.
+    llm_timeout_s: float = Field(30.0, gt=0, description="Longest wait for the LLM, start to last token.")
+    # 0: the same passages give the same answer, which is what a cited answer should do.
+    llm_temperature: float = Field(0.0, ge=0.0, le=2.0)
+    # About 200 words: room for a short answer with its markers, and a bound on a runaway reply.
+    llm_max_tokens: int = Field(300, ge=16)
+    # What happens to a generated sentence that no checked citation supports: shown and listed in
+    # Answer.uncited ("flag") or removed from the answer ("drop").
+    llm_uncited: Literal["flag", "drop"] = Field("flag")
+    # A citation stands only if the cited passage holds a sentence this close in meaning to the claim
+    # (cosine of MiniLM vectors), or the claim's words mostly occur in it. Paraphrases of a passage
+    # sentence score 0.6 to 0.9; a claim about something else, cited to a passage on the topic, under 0.4.
+    llm_min_support: float = Field(0.45, ge=0.0, le=1.0)
+    # Rewrite a follow-up into a standalone question with the LLM (else the built-in heuristic).
+    llm_condense: bool = Field(True)
 
     # --- ingest --------------------------------------------------------------------------------------
     max_file_bytes: int = Field(5_000_000, ge=1, description="Larger files are refused at ingest.")

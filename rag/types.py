@@ -61,6 +61,14 @@ class Answer(BaseModel):
     passages: list[Passage] = Field(default_factory=list, description="Retrieved passages, best first.")
     question: str = Field("", description="The question as asked.")
     search_query: str = Field("", description="The question after follow-up resolution, as searched.")
+    generator: str = Field("extractive", description="Which generator wrote the text (RAG_GENERATOR).")
+    notice: str | None = Field(
+        None, description="Something the reader should know, e.g. the LLM was unreachable and why."
+    )
+    uncited: list[str] = Field(
+        default_factory=list,
+        description="Generated sentences that no checked citation supports (shown, but flagged).",
+    )
 
 
 class SkippedFile(BaseModel):

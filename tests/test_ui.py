@@ -166,3 +166,75 @@ def test_article_markup_is_shown_as_text(page: Any, tmp_path: Path) -> None:
     page.wait_for_selector("#sources mark")
     assert "<script>" in page.inner_text("#sources")
     assert page.evaluate("() => window.ragPwned") is None
+
+
+@pytest.fixture(scope="module")
+def llm_app(app_dirs: tuple[Path, Path]) -> Iterator[tuple[str, Any]]:
+    """The web chat answering through an OpenAI-compatible server (scripted replies, streamed slowly)."""
+    from tests.llm_server import scripted_llm
+    from tests.test_generate import cite_fact
+
+    corpus, _ = app_dirs
+    with (
+        scripted_llm(cite_fact, token_delay_s=0.15) as llm,
+        running_app(
+            corpus,
+            corpus.parent / "llm-index",
+            RAG_GENERATOR="openai",
+            RAG_LLM_BASE_URL=f"{llm.url}/v1",
+            RAG_LLM_MODEL="scripted",
+            RAG_LLM_TIMEOUT_S="5",
+        ) as url,
+    ):
+        yield url, llm
+
+
+def last_answer_when_final(page: Any) -> Any:
+    page.wait_for_function(
+        "() => { const m = [...document.querySelectorAll('#chat .message')].pop();"
+        " return m && m.querySelector('.refs, .not-found, .notice'); }",
+        timeout=60_000,
+    )
+    return page.locator("#chat .message").last
+
+
+def test_llm_answer_streams_into_the_chat_then_gets_checked_citations(browser: Any, llm_app: tuple[str, Any]):
+    url, _ = llm_app
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.wait_for_selector("#question textarea")
+    page.fill("#question textarea", "How far is the Belarusian border from Kyiv?")
+    page.click("#ask")
+    # Part of the reply is on screen while the model is still writing: no citation chip yet.
+    page.wait_for_function(
+        "() => { const m = [...document.querySelectorAll('#chat .message')].pop();"
+        " return m && m.innerText.includes('Belarusian frontier') && !m.innerText.includes('Kyiv')"
+        " && !m.querySelector('.cite-chip'); }",
+        timeout=60_000,
+    )
+    answer = last_answer_when_final(page)
+    assert "only 200 kilometres from Kyiv" in answer.inner_text()
+    answer.locator(".cite-chip").first.click()
+    page.wait_for_selector("#sources mark", timeout=30_000)
+    assert "200 kilometres" in page.inner_text("#sources mark")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat-llm-answered.png"), full_page=True)
+    page.close()
+
+
+def test_a_slow_llm_gets_a_clear_message_and_the_extractive_answer(browser: Any, llm_app: tuple[str, Any]):
+    url, llm = llm_app
+    llm.first_byte_delay_s = 30
+    try:
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector("#question textarea")
+        page.fill("#question textarea", "How far is the Belarusian border from Kyiv?")
+        page.click("#ask")
+        answer = last_answer_when_final(page)
+        text = answer.inner_text()
+        assert "did not answer within 5 s" in answer.locator(".notice").inner_text()
+        assert "200 kilometres" in text and answer.locator(".cite-chip").count() >= 1
+        page.close()
+    finally:
+        llm.first_byte_delay_s = 0
