@@ -74,8 +74,9 @@ class ArticleEmbeddings(Embeddings):
         from rag.embeddings import Embedder
 
         settings = get_settings()
-        self._embedder = Embedder(
-            model or settings.embedding_model, batch_size or settings.embedding_batch_size
+        overrides = {"embedding_model": model, "embedding_batch_size": batch_size}
+        self._embedder = Embedder.from_settings(
+            settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         )
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:

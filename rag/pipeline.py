@@ -41,7 +41,7 @@ class ArticleNotFoundError(KeyError):
 class Pipeline:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.embedder = Embedder(settings.embedding_model, settings.embedding_batch_size)
+        self.embedder = Embedder.from_settings(settings)
         self.index = ArticleIndex(settings, self.embedder)
         self.retriever = HybridRetriever(self.index, self.embedder, settings)
         self.answerer = ExtractiveAnswerer(self.index, self.embedder, settings)

@@ -12,7 +12,13 @@ PER_ARTICLE = [
     ("Who is Serbia's foreign minister?", "001", "Djuric"),
     ("How far is the Belarusian border from Kyiv?", "002", "200 kilometres"),
     ("In which neutral venue were the third-party security talks held?", "003", "Abu Dhabi"),
-    ("Which issues are expected to dominate the renewed negotiations?", "004", "Ceasefire"),
+    # Not "Which issues are expected to dominate the renewed negotiations?": 003 answers it too ("several
+    # critical issues remain unresolved"), so which article came first depended on float rounding.
+    (
+        "Which sticking points besides territory could stall the peace negotiations?",
+        "004",
+        "security guarantees",
+    ),
 ]
 OFF_TOPIC = [
     "What is a good recipe for banana bread?",
