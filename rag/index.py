@@ -1,11 +1,11 @@
-"""Stage 3: the persistent index: two Chroma collections (chunks, sentences) plus a JSON manifest.
+"""Stage 3: the persistent index: a Chroma collection of chunk vectors, sentence vectors, a JSON manifest.
 
 The manifest holds each article's canonical text, metadata, content hash, chunk spans and sentence
-spans; Chroma holds one vector per chunk (what retrieval searches) and one per sentence (what the
-answer step compares with the question, so a query never re-embeds article text), each under a
-deterministic id (``article:hash:n`` and ``article:hash:sN``). Syncing is a set difference between the
-ids the manifest implies and the ids Chroma has, so an interrupted ingest is completed, not duplicated,
-by the next one, and running an ingest twice changes nothing.
+spans. Chroma holds one vector per chunk (what retrieval searches) under a deterministic id
+(``article:hash:n``); the sentence store holds one vector per sentence (what the answer step compares
+with the question, so a query never re-embeds article text) in a file per article version. Syncing is
+a set difference between what the manifest implies and what is stored, so an interrupted ingest is
+completed, not duplicated, by the next one, and running an ingest twice changes nothing.
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from urllib.parse import urlparse
 
 import numpy as np
 from pydantic import BaseModel
+from tqdm import tqdm
 
 from rag import offline  # noqa: F401
+from rag.sentence_store import SentenceStore
 from rag.settings import Settings
 from rag.types import Article, Chunk
 
@@ -39,10 +41,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = 2
+MANIFEST_FORMAT = 3  # 3: sentence vectors moved from a Chroma collection to the sentence store
 _MANIFEST = "manifest.json"
 _IN_PROGRESS = "ingest-in-progress.json"
 _LOCK = "ingest.lock"
+# Sentences embedded per model call group at ingest: ~6 MB of vectors, many batches of work.
+_SENTENCE_GROUP = 4096
 
 
 class RagIndexError(RuntimeError):
@@ -71,9 +75,6 @@ class IndexedArticle(Article):
     def chunk_ids(self) -> list[str]:
         return [chunk_id(self.id, self.content_hash, i) for i in range(len(self.chunks))]
 
-    def sentence_ids(self) -> list[str]:
-        return [sentence_id(self.id, self.content_hash, i) for i in range(len(self.sentences))]
-
     def sentences_in(self, start: int, end: int) -> list[int]:
         """Indices of the sentences overlapping ``[start, end)``, in text order."""
         first = bisect.bisect_right([e for _, e in self.sentences], start)
@@ -96,10 +97,6 @@ def chunk_id(article_id: str, content_hash: str, index: int) -> str:
     return f"{article_id}:{content_hash[:12]}:{index}"
 
 
-def sentence_id(article_id: str, content_hash: str, index: int) -> str:
-    return f"{article_id}:{content_hash[:12]}:s{index}"
-
-
 def parse_chunk_id(value: str) -> tuple[str, int]:
     article_id, _, index = value.rsplit(":", 2)
     return article_id, int(index)
@@ -119,6 +116,7 @@ class ArticleIndex:
         self._open_lock = threading.RLock()
         self._manifest: Manifest | None = None
         self._manifest_read = False
+        self.sentences = SentenceStore(self.root / "sentences")
 
     # --- opening ---------------------------------------------------------------------------------------
     @property
@@ -172,11 +170,6 @@ class ArticleIndex:
     def collection(self) -> Collection:
         """Chunk vectors: what retrieval searches."""
         return self._open(self.settings.collection)
-
-    @property
-    def sentence_collection(self) -> Collection:
-        """Sentence vectors: what the answer step compares with the question."""
-        return self._open(f"{self.settings.collection}-sentences")
 
     @property
     def client(self) -> ClientAPI:
@@ -281,8 +274,14 @@ class ArticleIndex:
 
     def sentence_vectors(self, sentences: list[tuple[str, int]]) -> np.ndarray:
         """Stored embeddings of (article_id, sentence index) pairs, in order (no model call)."""
-        ids = [sentence_id(a, self.articles[a].content_hash, i) for a, i in sentences]
-        return self._vectors(self.sentence_collection, ids)
+        out = np.zeros((len(sentences), self.embedder.dimension), dtype=np.float32)
+        rows: dict[str, list[int]] = {}
+        for row, (article_id, _) in enumerate(sentences):
+            rows.setdefault(article_id, []).append(row)
+        for article_id, article_rows in rows.items():
+            indices = [sentences[r][1] for r in article_rows]
+            out[article_rows] = self.sentences.vectors(self.articles[article_id], indices)
+        return out
 
     def _vectors(self, collection: Collection, ids: list[str]) -> np.ndarray:
         dim = self.embedder.dimension
@@ -296,10 +295,9 @@ class ArticleIndex:
     def is_consistent(self) -> bool:
         """Chroma holds exactly the vectors the manifest implies (cheap: ids only)."""
         chunks = {cid for a in self.articles.values() for cid in a.chunk_ids()}
-        sentences = {sid for a in self.articles.values() for sid in a.sentence_ids()}
+        sentence_files = {self.sentences.path(a) for a in self.articles.values()}
         return (
-            set(self.collection.get(include=[])["ids"]) == chunks
-            and set(self.sentence_collection.get(include=[])["ids"]) == sentences
+            set(self.collection.get(include=[])["ids"]) == chunks and self.sentences.files() == sentence_files
         )
 
     # --- writing ---------------------------------------------------------------------------------------
@@ -341,10 +339,9 @@ class ArticleIndex:
         """
         scope = articles.values() if only is None else [a for a in articles.values() if a.id in only]
         chunks = {cid: (a, i, *a.chunks[i]) for a in scope for i, cid in enumerate(a.chunk_ids())}
-        sentences = {sid: (a, i, *a.sentences[i]) for a in scope for i, sid in enumerate(a.sentence_ids())}
         try:
             chunk_changes = self._sync_collection(self.collection, chunks, only, progress)
-            sentence_changes = self._sync_collection(self.sentence_collection, sentences, only, progress)
+            sentence_changes = self._sync_sentences(list(scope), only, progress)
             unchanged = (
                 chunk_changes == sentence_changes == (0, 0)
                 and self.manifest is not None
@@ -406,8 +403,42 @@ class ArticleIndex:
             )
         return len(missing), len(stale)
 
+    def _sync_sentences(
+        self, scope: list[IndexedArticle], only: set[str] | None, progress: bool
+    ) -> tuple[int, int]:
+        """Write the sentence vectors of articles that have none, delete those nobody wants.
+
+        Articles are embedded in groups of about ``_SENTENCE_GROUP`` sentences, so that memory stays
+        flat however large the archive, while each model call still gets many sentences to batch.
+        Returns (sentences embedded, files deleted).
+        """
+        deleted = self.sentences.remove_stale(scope, only)
+        missing = [a for a in scope if not self.sentences.has(a)]
+        bar = tqdm(total=sum(len(a.sentences) for a in missing), desc="Sentences", disable=not progress)
+        embedded, group = 0, list[IndexedArticle]()
+
+        def flush() -> None:
+            texts = [a.text[s:e] for a in group for s, e in a.sentences]
+            vectors = self.embedder.embed(texts)
+            offset = 0
+            for member in group:
+                self.sentences.write(member, vectors[offset : offset + len(member.sentences)])
+                offset += len(member.sentences)
+            bar.update(len(texts))
+            group.clear()
+
+        for article in missing:
+            group.append(article)
+            embedded += len(article.sentences)
+            if sum(len(a.sentences) for a in group) >= _SENTENCE_GROUP:
+                flush()
+        if group:
+            flush()
+        bar.close()
+        return embedded, deleted
+
     def wipe(self) -> None:
-        """Delete the whole index (for ``--rebuild``)."""
+        """Delete the whole index (for ``--rebuild``), and the sentence collection of format-2 indexes."""
         names = {self.settings.collection, f"{self.settings.collection}-sentences"}
         for existing in self.client.list_collections():
             if existing.name in names:
@@ -416,6 +447,7 @@ class ArticleIndex:
         self.manifest = None
         (self.root / _MANIFEST).unlink(missing_ok=True)
         shutil.rmtree(self.root / "bm25", ignore_errors=True)
+        self.sentences.wipe()
 
     def _read_manifest(self) -> Manifest | None:
         path = self.root / _MANIFEST

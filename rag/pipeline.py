@@ -160,7 +160,6 @@ class Pipeline:
             else:
                 self.index.check_compatible()
             self.index.collection  # noqa: B018  (open Chroma now, not inside the first visitor's request)
-            self.index.sentence_collection  # noqa: B018
 
     # --- query -------------------------------------------------------------------------------------
     def validate(self, question: str) -> str:

@@ -27,11 +27,15 @@ def test_ingest_indexes_every_chunk_once_with_exact_offsets(fresh_pipeline: Pipe
     assert report.sentences_embedded == sum(len(a.sentences) for a in fresh_pipeline.index.articles.values())
     assert chroma_ids(fresh_pipeline) == manifest_ids(fresh_pipeline)
     assert fresh_pipeline.index.is_consistent()
-    for collection in (fresh_pipeline.index.collection, fresh_pipeline.index.sentence_collection):
-        stored = collection.get(include=["documents", "metadatas"])
-        for document, meta in zip(stored["documents"], stored["metadatas"], strict=True):
-            article = fresh_pipeline.index.articles[meta["article_id"]]
-            assert article.text[meta["start"] : meta["end"]] == document
+    stored = fresh_pipeline.index.collection.get(include=["documents", "metadatas"])
+    for document, meta in zip(stored["documents"], stored["metadatas"], strict=True):
+        article = fresh_pipeline.index.articles[meta["article_id"]]
+        assert article.text[meta["start"] : meta["end"]] == document
+    for article in fresh_pipeline.index.articles.values():  # one stored vector per sentence, the right one
+        last = len(article.sentences) - 1
+        start, end = article.sentences[last]
+        stored_vector = fresh_pipeline.index.sentence_vectors([(article.id, last)])[0]
+        assert float(stored_vector @ fresh_pipeline.embedder.embed([article.text[start:end]])[0]) > 0.95
 
 
 def test_reingest_is_a_no_op(fresh_pipeline: Pipeline) -> None:
@@ -107,7 +111,7 @@ def test_interrupted_ingest_is_completed_on_next_use(fresh_pipeline: Pipeline) -
     victim = next(iter(index.articles.values()))
     # What a crash mid-write leaves: some chunks gone from Chroma, the in-progress marker still there.
     index.collection.delete(ids=victim.chunk_ids()[1:])
-    index.sentence_collection.delete(ids=victim.sentence_ids()[::2])
+    index.sentences.path(victim).unlink()
     (index.root / "ingest-in-progress.json").write_text(json.dumps({"paths": []}))
     reopened = Pipeline(fresh_pipeline.settings)
     assert reopened.index.interrupted == []
