@@ -34,7 +34,7 @@ class Settings(BaseSettings):
         "in its 'model' folder. Never a hub id: nothing is downloaded at run time.",
     )
     # Texts are batched by length, so padding waste is low; with ONNX Runtime on 2 cores 16 was the
-    # fastest of 8/16/32/64 (ingest of 300 articles: 22.2 / 21.6 / 22.7 s; 1,000 chunks 4.5 s at 16, 5.6 at 64).
+    # fastest of 8/16/32/64 (ingest of 300 articles: 22.2 / 21.6 / 22.7 s at 8 / 16 / 32).
     embedding_batch_size: int = Field(16, ge=1)
     # How the model runs. "onnx-int8": the packaged weights exported to ONNX with int8 weights, run by
     # ONNX Runtime: ~1.5-2x the speed of PyTorch on 2 cores, vectors within a cosine of ~0.99, and no
