@@ -154,24 +154,22 @@ def respond(
     """
     shown, plain, cited = list(shown or []), list(plain or []), dict(cited or {})
     turn = len(plain) // 2 + 1
-    written = ""
+    asked = {"role": "user", "content": safe(message)}
+    written, answer = "", None
     try:
         for piece in rag.stream(message, history=plain):
             if isinstance(piece, Answer):
                 answer = piece
                 break
-            if not written:
-                shown.append({"role": "user", "content": safe(message)})
             written += piece
-            yield [*shown, {"role": "assistant", "content": safe_keep_markers(written)}], plain, cited, "", ""
-        else:  # pragma: no cover  (every generator ends with an Answer; the pipeline guarantees it)
-            return
+            partial = {"role": "assistant", "content": safe_keep_markers(written)}
+            yield [*shown, asked, partial], plain, cited, "", ""
     except (QuestionError, RagIndexError) as exc:
         shown.append({"role": "assistant", "content": f"⚠️ {safe(str(exc))}"})
         yield shown, plain, cited, message, ""
         return
-    if not written:
-        shown.append({"role": "user", "content": safe(message)})
+    assert answer is not None, "the pipeline ends every stream with an Answer"
+    shown.append(asked)
     shown.append({"role": "assistant", "content": format_answer(answer, turn)})
     plain += [{"role": "user", "content": message}, {"role": "assistant", "content": answer.text}]
     for c in answer.citations:

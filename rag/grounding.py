@@ -120,12 +120,14 @@ class Grounder:
         if is_abstention(reply):
             return Grounded(text=reply.strip(), citations=[], abstained=True)
         claims = [c for c in split_claims(reply) if c.text]
-        vectors = self.embedder.embed_cached([c.text for c in claims]) if claims else None
+        if not claims:
+            return Grounded(text="", citations=[])
+        vectors = self.embedder.embed_cached([c.text for c in claims])
         citations: dict[tuple[str, int, int], Citation] = {}
         sentences: list[str] = []
         uncited: list[str] = []
         removed = 0
-        for claim, vector in zip(claims, vectors if vectors is not None else [], strict=True):
+        for claim, vector in zip(claims, vectors, strict=True):
             numbers: list[int] = []
             for n in claim.cited:
                 found = self.support(claim.text, vector, passages[n - 1]) if 1 <= n <= len(passages) else None
