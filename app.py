@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import os
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +19,7 @@ import gradio as gr
 import rag
 from rag.index import RagIndexError
 from rag.pipeline import QuestionError
-from rag.types import Answer, Citation
+from rag.types import CITATION_MARKER, Answer, Citation
 
 EXAMPLES = [
     "Which countries have offered to host peace talks?",
@@ -28,7 +27,6 @@ EXAMPLES = [
     "Why is the proposed mediator's neutrality questioned?",
 ]
 UPLOAD_TYPES = [".txt", ".md", ".markdown", ".html", ".htm"]
-_MARKER = re.compile(r"\[(\d+)\]")
 _SOURCE_CONTEXT_CHARS = 1200  # article text shown around a highlighted quote, on each side
 
 Messages = list[dict[str, Any]]
@@ -103,7 +101,9 @@ def format_answer(answer: Answer, turn: int) -> str:
             f'<span class="uncited" title="No cited passage supports this sentence">{safe(sentence)}</span>',
             1,
         )
-    body = _MARKER.sub(lambda m: chip(turn, by_n[int(m.group(1))]) if int(m.group(1)) in by_n else "", body)
+    body = CITATION_MARKER.sub(
+        lambda m: chip(turn, by_n[int(m.group(1))]) if int(m.group(1)) in by_n else "", body
+    )
     refs = "<br>".join(
         f"[{c.n}] <strong>{safe(c.title)}</strong>: “{safe(c.quote)}”" for c in answer.citations
     )
@@ -112,7 +112,7 @@ def format_answer(answer: Answer, turn: int) -> str:
 
 def safe_keep_markers(text: str) -> str:
     """Escape everything but our own ``[n]`` markers, which become chips."""
-    parts = _MARKER.split(text)
+    parts = CITATION_MARKER.split(text)
     return "".join(safe(p) if i % 2 == 0 else f"[{p}]" for i, p in enumerate(parts))
 
 

@@ -11,6 +11,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from rag.types import CITATION_MARKER
+
 _ANAPHORA = frozenset(
     """
     he him his she her hers they them their theirs it its there then that this those these same such
@@ -31,7 +33,6 @@ _FUNCTION_WORDS = (
 )
 _WORD = re.compile(r"[\w’'-]+")
 _NAME = re.compile(r"\b[A-Z][\w’'-]+(?:\s+(?:[A-Z][\w’'-]+|of|de|van|von|al))*")
-_MARKER = re.compile(r"\[\d+\]")
 # A question with this few content words rarely stands on its own ("And Belarus?", "Why?").
 _MIN_STANDALONE_WORDS = 3
 
@@ -47,7 +48,7 @@ def needs_context(question: str) -> bool:
 
 def names_in(text: str) -> list[str]:
     """Capitalised phrases that are not just a sentence's first function word."""
-    names = [m.group(0) for m in _NAME.finditer(_MARKER.sub("", text))]
+    names = [m.group(0) for m in _NAME.finditer(CITATION_MARKER.sub("", text))]
     return [n for n in names if n.lower() not in _FUNCTION_WORDS]
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,10 +23,9 @@ from rag.grounding import Grounder
 from rag.index import ArticleIndex, IndexedArticle
 from rag.retrieve import Candidate, HybridRetriever
 from rag.settings import Settings
-from rag.types import Answer, Article, IngestReport, Passage, SkippedFile
+from rag.types import CITATION_MARKER, Answer, Article, IngestReport, Passage, SkippedFile
 
 log = logging.getLogger(__name__)
-_MARKER = re.compile(r"\[(\d+)\]")
 
 
 class QuestionError(ValueError):
@@ -241,7 +239,7 @@ class Pipeline:
             article = articles.get(c.article_id)
             if article is None or article.text[c.start : c.end] != c.quote:
                 return self._fallback(draft, f"Generator '{answer.generator}' returned a misquoted citation.")
-        markers = {int(n) for n in _MARKER.findall(answer.text)}
+        markers = {int(n) for n in CITATION_MARKER.findall(answer.text)}
         if not markers <= numbers:
             return self._fallback(draft, f"Generator '{answer.generator}' cited a passage it did not quote.")
         return answer

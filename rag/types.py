@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, Field
+
+# How Answer.text refers to a citation: "[n]", n being Citation.n.
+CITATION_MARKER = re.compile(r"\[(\d+)\]")
 
 
 class Article(BaseModel):
