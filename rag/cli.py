@@ -65,11 +65,12 @@ def ingest(
     rebuild: Annotated[bool, typer.Option(help="Delete the index and build it again")] = False,
 ) -> None:
     """Index new and changed articles and drop deleted ones (running it twice changes nothing)."""
+    from rag.embeddings import ModelNotFoundError
     from rag.index import RagIndexError
 
     try:
         report = rag.ingest(paths or None, rebuild=rebuild)
-    except RagIndexError as exc:
+    except (RagIndexError, ModelNotFoundError) as exc:
         raise _fail(str(exc)) from None
     console.print(
         f"added {len(report.added)}, updated {len(report.updated)}, removed {len(report.removed)}, "
@@ -86,12 +87,13 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print the Answer as JSON")] = False,
 ) -> None:
     """Answer a question from the articles, with numbered citations."""
+    from rag.embeddings import ModelNotFoundError
     from rag.index import RagIndexError
     from rag.pipeline import QuestionError
 
     try:
         answer = rag.query(question)
-    except (QuestionError, RagIndexError) as exc:
+    except (QuestionError, RagIndexError, ModelNotFoundError) as exc:
         raise _fail(str(exc)) from None
     if as_json:
         typer.echo(json.dumps(answer.model_dump(), ensure_ascii=False, indent=2))
@@ -118,8 +120,13 @@ def serve(
 ) -> None:
     """Start the web chat (builds the index first if there is none)."""
     import app as web
+    from rag.embeddings import ModelNotFoundError
+    from rag.index import RagIndexError
 
-    web.launch(host=host, port=port)
+    try:
+        web.launch(host=host, port=port)
+    except (RagIndexError, ModelNotFoundError) as exc:
+        raise _fail(str(exc)) from None
 
 
 if __name__ == "__main__":

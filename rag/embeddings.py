@@ -188,7 +188,13 @@ def onnx_model_path(model_dir: Path, backend: str, cache_dir: Path) -> Path:
     key = hashlib.sha256(json.dumps([str(model_dir.resolve()), fingerprint, _EXPORT_RECIPE]).encode())
     target = Path(cache_dir).expanduser() / f"{model_dir.name}-{key.hexdigest()[:12]}" / f"{backend}.onnx"
     if not target.exists():
-        export_onnx(model_dir, target, quantize=backend == "onnx-int8")
+        try:
+            export_onnx(model_dir, target, quantize=backend == "onnx-int8")
+        except OSError as exc:
+            raise ModelNotFoundError(
+                f"Cannot write the ONNX export of the embedding model to {target.parent} ({exc}). Set "
+                "RAG_MODEL_CACHE_DIR to a writable folder, or RAG_EMBEDDING_BACKEND=torch."
+            ) from exc
     return target
 
 

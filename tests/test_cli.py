@@ -65,3 +65,22 @@ def test_mismatched_index_gives_a_clear_message(tmp_path: Path, corpus_dir: Path
     result = rag("ask", "Who offered to host the talks?", env={**env, "RAG_CHUNK_SIZE": "400"})
     assert result.returncode == 1
     assert "rag ingest --rebuild" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_setup_errors_name_the_fix_without_a_traceback(tmp_path: Path, corpus_dir: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = {
+        **os.environ,
+        "RAG_INDEX_DIR": str(tmp_path / "index"),
+        "RAG_CORPUS_DIR": str(corpus_dir),
+        "RAG_MODEL_CACHE_DIR": str(blocker / "models"),  # cannot be created: its parent is a file
+        "COLUMNS": "200",
+    }
+    unwritable = rag("ingest", env=env)
+    assert unwritable.returncode == 1
+    assert "RAG_MODEL_CACHE_DIR to a writable folder" in unwritable.stdout
+    assert "Traceback" not in unwritable.stdout + unwritable.stderr
+    unknown = rag("ask", "Who offered to host the talks?", env={**env, "RAG_GENERATOR": "gpt-magic"})
+    assert unknown.returncode == 1
+    assert "Unknown generator 'gpt-magic'" in unknown.stdout and "Traceback" not in unknown.stderr
