@@ -126,6 +126,20 @@ def _is_title(sentence: str, article: IndexedArticle) -> bool:
     return sentence.rstrip(" .").lower() == article.title.rstrip(" .").lower()
 
 
+def quote(n: int, article: IndexedArticle, span: Span, score: float) -> Citation:
+    """The citation for ``article.text[span]``: the quote is cut from the text at the offsets given, so
+    it is verbatim by construction, whichever generator chose the span."""
+    return Citation(
+        n=n,
+        article_id=article.id,
+        title=article.title,
+        quote=article.text[span.start : span.end],
+        start=span.start,
+        end=span.end,
+        score=round(float(np.clip(score, 0, 1)), 4),
+    )
+
+
 def overlap(question_tokens: set[str], tokens: list[str]) -> float:
     """Share of the question's terms that the text contains."""
     return len(question_tokens & set(tokens)) / len(question_tokens) if question_tokens else 0.0
@@ -290,17 +304,7 @@ class ExtractiveAnswerer:
         citations = []
         for n, evidence in enumerate(self.pick(ranked), start=1):
             span = self.extend_list(evidence.article, self.with_context(evidence, question, ranked))
-            citations.append(
-                Citation(
-                    n=n,
-                    article_id=evidence.article.id,
-                    title=evidence.article.title,
-                    quote=evidence.article.text[span.start : span.end],
-                    start=span.start,
-                    end=span.end,
-                    score=round(float(np.clip(evidence.score, 0, 1)), 4),
-                )
-            )
+            citations.append(quote(n, evidence.article, span, evidence.score))
         return citations
 
     def confidence(self, best: float, coverage: float, question: str, citations: list[Citation]) -> float:

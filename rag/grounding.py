@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rag.answer import overlap
-from rag.chunking import sentence_spans
+from rag.answer import overlap, quote
+from rag.chunking import Span, sentence_spans
 from rag.prompts import NOT_FOUND_REPLY
 from rag.sparse import tokenize
 from rag.types import Citation, Passage
@@ -47,9 +47,7 @@ class Support:
     """The passage sentence that best backs a claim, and how well."""
 
     article_id: str
-    title: str
-    start: int
-    end: int
+    span: Span
     score: float
 
 
@@ -113,8 +111,7 @@ class Grounder:
         best = int(np.argmax(scores))
         if scores[best] < self.settings.llm_min_support:
             return None
-        start, end = article.sentences[indices[best]]
-        return Support(article.id, article.title, start, end, scores[best])
+        return Support(article.id, Span(*article.sentences[indices[best]]), scores[best])
 
     def ground(self, reply: str, passages: list[Passage]) -> Grounded:
         if is_abstention(reply):
@@ -134,9 +131,10 @@ class Grounder:
                 if found is None:
                     removed += 1
                     continue
-                key = (found.article_id, found.start, found.end)
+                key = (found.article_id, found.span.start, found.span.end)
                 if key not in citations:
-                    citations[key] = self._citation(len(citations) + 1, found)
+                    article = self.index.articles[found.article_id]
+                    citations[key] = quote(len(citations) + 1, article, found.span, found.score)
                 numbers.append(citations[key].n)
             if not numbers:
                 uncited.append(claim.text)
@@ -148,18 +146,6 @@ class Grounder:
             citations=list(citations.values()),
             uncited=uncited,
             removed_markers=removed,
-        )
-
-    def _citation(self, n: int, support: Support) -> Citation:
-        article = self.index.articles[support.article_id]
-        return Citation(
-            n=n,
-            article_id=support.article_id,
-            title=support.title,
-            quote=article.text[support.start : support.end],
-            start=support.start,
-            end=support.end,
-            score=round(float(np.clip(support.score, 0, 1)), 4),
         )
 
 
