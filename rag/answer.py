@@ -179,29 +179,48 @@ class ExtractiveAnswerer:
         return found
 
     def score(self, question: str, sentences: list[Sentence]) -> list[Evidence]:
-        """Meaning (stored sentence vectors against the question's), shared words, rank and kind."""
+        """Meaning (sentence vectors against the question's), shared words, rank and kind, best first.
+
+        The stored sentence vectors were read in their passages, so a sentence leans towards its
+        neighbours' topic; that ranks candidates well, but the few that lead are re-embedded on their
+        own and re-scored (again, if a newcomer takes the lead), so that the one chosen says what was
+        asked, not what its paragraph is about.
+        """
         if not sentences:
             return []
         texts = [s.article.text[s.span.start : s.span.end] for s in sentences]
         q_tokens = set(tokenize([question])[0])
         kind = expected_kind(question)
-        vectors = self.index.sentence_vectors([(s.article.id, s.index) for s in sentences])
-        meaning = vectors @ self.embedder.embed_query(question)
+        question_vector = self.embedder.embed_query(question)
+        meaning = self.index.sentence_vectors([(s.article.id, s.index) for s in sentences]) @ question_vector
         w = self.scorer
-        scored = [
-            Evidence(
-                s.article,
-                s.index,
-                s.span,
-                w.meaning * float(cosine)
-                + w.words * overlap(q_tokens, tokens)
+        rest = np.array(
+            [
+                w.words * overlap(q_tokens, tokens)
                 + w.rank / (1 + s.passage_rank)
-                + w.kind * has_kind(text, kind, question),
-                s.passage_rank,
+                + w.kind * has_kind(text, kind, question)
+                for s, text, tokens in zip(sentences, texts, tokenize(texts), strict=True)
+            ]
+        )
+        alone: set[int] = set()
+        while True:  # until the leaders are all scored alone (read in context, scores run a little high)
+            order = [int(i) for i in np.argsort(-(w.meaning * meaning + rest), kind="stable")]
+            contenders = [i for i in order[: self.settings.answer_rescore] if i not in alone]
+            if not contenders:
+                break
+            meaning[contenders] = self.embedder.embed_cached([texts[i] for i in contenders]) @ question_vector
+            alone.update(contenders)
+        scores = w.meaning * meaning + rest
+        return [
+            Evidence(
+                sentences[i].article,
+                sentences[i].index,
+                sentences[i].span,
+                float(scores[i]),
+                sentences[i].passage_rank,
             )
-            for s, text, tokens, cosine in zip(sentences, texts, tokenize(texts), meaning, strict=True)
+            for i in order
         ]
-        return sorted(scored, key=lambda e: e.score, reverse=True)
 
     def tighten(self, evidence: Evidence, question: str) -> Span:
         """Quote the best window of clauses when the whole sentence is longer than an answer may be."""

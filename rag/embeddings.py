@@ -18,10 +18,11 @@ import tempfile
 import threading
 import warnings
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -29,6 +30,8 @@ from tqdm import tqdm
 from rag import offline  # noqa: F401  (sets the offline switches before any model library loads)
 
 if TYPE_CHECKING:
+    from tokenizers import Encoding
+
     from rag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,37 @@ class Encoder(Protocol):
 
     def encode(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray: ...
 
+    def encode_parts(
+        self, texts: list[str], parts: list[Spans], batch_size: int, progress: bool
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Each text's vector, and one vector per character span of it (see ``pool_parts``)."""
+        ...
+
+
+Spans = list[tuple[int, int]]
+
+
+def pool_parts(states: np.ndarray, offsets: list[tuple[int, int]], parts: Spans) -> np.ndarray:
+    """Mean of the token states inside each character span, normalised: a sentence's vector read in
+    the context of its passage ("late chunking"), at no extra model cost.
+
+    A zero row marks a span the model did not see whole (the text was truncated before its end);
+    the caller embeds those on their own.
+    """
+    out = np.zeros((len(parts), states.shape[-1]), dtype=np.float32)
+    if not parts or not offsets:
+        return out
+    starts = np.array([o[0] for o in offsets])
+    ends = np.array([o[1] for o in offsets])
+    real = ends > starts  # special tokens have empty offsets
+    seen_until = int(ends[real].max()) if real.any() else 0
+    for row, (start, end) in enumerate(parts):
+        inside = real & (starts >= start) & (ends <= end)
+        if end <= seen_until and inside.any():
+            vector = states[: len(offsets)][inside].mean(axis=0)
+            out[row] = vector / max(float(np.linalg.norm(vector)), 1e-12)
+    return out
+
 
 class TorchEncoder:
     """sentence-transformers on PyTorch: the reference runtime, and the one for models ONNX cannot take."""
@@ -90,6 +124,23 @@ class TorchEncoder:
         )
         return np.asarray(vectors, dtype=np.float32)
 
+    def encode_parts(
+        self, texts: list[str], parts: list[Spans], batch_size: int, progress: bool
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        outputs: list[dict[str, Any]] = self.model.encode(  # type: ignore[assignment]
+            texts, batch_size=batch_size, output_value=None, show_progress_bar=progress
+        )
+        vectors = np.stack([o["sentence_embedding"].float().numpy() for o in outputs])
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        tokens = self.model.tokenizer(
+            texts, return_offsets_mapping=True, truncation=True, max_length=self.model.max_seq_length
+        )
+        pooled = [
+            pool_parts(o["token_embeddings"].float().numpy(), [tuple(x) for x in offsets], spans)
+            for o, offsets, spans in zip(outputs, tokens["offset_mapping"], parts, strict=True)
+        ]
+        return vectors.astype(np.float32), pooled
+
 
 class OnnxEncoder:
     """The same model exported to ONNX and run by ONNX Runtime: no torch import at run time, and with
@@ -99,7 +150,7 @@ class OnnxEncoder:
     so the vectors match ``TorchEncoder``'s (to a cosine of 1.0 in fp32, about 0.99 in int8).
     """
 
-    def __init__(self, model_dir: Path, onnx_path: Path) -> None:
+    def __init__(self, model_dir: Path, onnx_path: Path, workers: int) -> None:
         import onnxruntime
         from tokenizers import Tokenizer
 
@@ -112,31 +163,61 @@ class OnnxEncoder:
         self.tokenizer.enable_padding(pad_id=pad_id or 0, pad_token=config.pad_token)
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # the exported graph's shape warnings are noise to a user
+        # One thread per run, and `workers` runs at once: a 6-layer model on ~16 short texts is too small
+        # a job to split across cores (2 threads per run left ~25% of the CPU idle on 2 cores).
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.workers = max(1, workers)
         self.session = onnxruntime.InferenceSession(
             str(onnx_path), options, providers=["CPUExecutionProvider"]
         )
         self.inputs = {i.name for i in self.session.get_inputs()}
 
     def encode(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
-        """Batches of similar length (little padding), pooled and normalised, in the input order."""
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
-        starts = range(0, len(texts), batch_size)
-        for start in tqdm(starts, desc="Embedding", unit="batch", disable=not progress):
-            rows = order[start : start + batch_size]
-            out[rows] = self._encode_batch([texts[i] for i in rows])
-        return out
+        return self.encode_parts(texts, [[] for _ in texts], batch_size, progress)[0]
 
-    def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        encodings = self.tokenizer.encode_batch(texts)
+    def encode_parts(
+        self, texts: list[str], parts: list[Spans], batch_size: int, progress: bool
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Batches of similar length (little padding), run ``workers`` at a time (ONNX Runtime releases
+        the GIL), pooled and normalised, in the input order."""
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        pooled = [np.zeros((0, self.dimension), dtype=np.float32) for _ in texts]
+        size = min(batch_size, -(-len(texts) // self.workers))  # a few texts: one batch per worker
+        batches = [order[start : start + size] for start in range(0, len(texts), size)]
+
+        def encode_rows(rows: np.ndarray) -> None:
+            encodings = self.tokenizer.encode_batch([texts[i] for i in rows])
+            states, mask = self._run(encodings)
+            vectors[rows] = self._pool(states, mask)
+            for row, encoding, text_states in zip(rows, encodings, states, strict=True):
+                pooled[row] = pool_parts(text_states, encoding.offsets, parts[row])
+
+        with tqdm(total=len(batches), desc="Embedding", unit="batch", disable=not progress) as bar:
+            if len(batches) == 1 or self.workers == 1:
+                for rows in batches:
+                    encode_rows(rows)
+                    bar.update()
+            else:
+                with ThreadPoolExecutor(self.workers, thread_name_prefix="embed") as pool:
+                    for _ in pool.map(encode_rows, batches):
+                        bar.update()
+        return vectors, pooled
+
+    def _run(self, encodings: list[Encoding]) -> tuple[np.ndarray, np.ndarray]:
+        """The model's last hidden states for a tokenised batch, and its attention mask."""
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        hidden = self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
+        states = self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
+        return np.asarray(states), mask
+
+    def _pool(self, states: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if self.pooling == "cls":
-            pooled = hidden[:, 0]
+            pooled = states[:, 0]
         else:
-            pooled = (hidden * mask[..., None]).sum(axis=1) / np.maximum(mask.sum(axis=1, keepdims=True), 1)
+            pooled = (states * mask[..., None]).sum(axis=1) / np.maximum(mask.sum(axis=1, keepdims=True), 1)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return np.asarray(pooled / np.maximum(norms, 1e-12), dtype=np.float32)
 
@@ -256,22 +337,25 @@ def export_onnx(model_dir: Path, target: Path, *, quantize: bool) -> None:
 
 
 @lru_cache(maxsize=4)
-def load_encoder(name: str, backend: str, cache_dir: str) -> Encoder:
+def load_encoder(name: str, backend: str, cache_dir: str, workers: int) -> Encoder:
     """One model per process and runtime, however many pipelines share it (it costs seconds)."""
     path = resolve_model_path(name)
     if backend == "torch":
         return TorchEncoder(path)
-    return OnnxEncoder(path, onnx_model_path(path, backend, Path(cache_dir)))
+    return OnnxEncoder(path, onnx_model_path(path, backend, Path(cache_dir)), workers)
 
 
 class Embedder:
     """Normalised embeddings (so a dot product is a cosine), batched, on the CPU."""
 
-    def __init__(self, model_name: str, batch_size: int, backend: str, cache_dir: Path) -> None:
+    def __init__(
+        self, model_name: str, batch_size: int, backend: str, cache_dir: Path, workers: int = 1
+    ) -> None:
         self.model_name = model_name
         self.batch_size = batch_size
         self.backend = backend
         self.cache_dir = cache_dir
+        self.workers = workers
         self._encoder: Encoder | None = None
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -279,18 +363,20 @@ class Embedder:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Embedder:
+        batch_size = settings.embedding_batch_size or (32 if settings.embedding_backend == "torch" else 1)
         return cls(
             settings.embedding_model,
-            settings.embedding_batch_size,
+            batch_size,
             settings.embedding_backend,
             settings.model_cache_dir,
+            settings.embedding_workers,
         )
 
     @property
     def encoder(self) -> Encoder:
         with self._lock:
             if self._encoder is None:
-                self._encoder = load_encoder(self.model_name, self.backend, str(self.cache_dir))
+                self._encoder = load_encoder(self.model_name, self.backend, str(self.cache_dir), self.workers)
             return self._encoder
 
     @property
@@ -302,6 +388,13 @@ class Embedder:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return self.encoder.encode(texts, self.batch_size, progress)
+
+    def embed_with_parts(self, texts: list[str], parts: list[Spans]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Embed texts, and from the same model pass a vector per character span of each (a zero row
+        where a span was cut off by the model's length limit)."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32), []
+        return self.encoder.encode_parts(texts, parts, self.batch_size, False)
 
     def embed_cached(self, texts: list[str]) -> np.ndarray:
         """Embed texts through an LRU cache: questions, follow-ups and candidate sentences recur."""

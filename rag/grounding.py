@@ -87,7 +87,12 @@ def is_abstention(reply: str) -> bool:
 
 
 class Grounder:
-    """Resolves and checks citations against the index's stored sentence vectors (no re-embedding)."""
+    """Resolves and checks citations against the cited passages' sentences, each embedded on its own.
+
+    The index's sentence vectors are read in their passage's context, which is what ranking answer
+    sentences wants; a citation check compares a claim with what one sentence says, like with like.
+    The few sentences of the cited passages cost milliseconds beside an LLM call (and are cached).
+    """
 
     def __init__(self, index: ArticleIndex, embedder: Embedder, settings: Settings) -> None:
         self.index = index
@@ -102,10 +107,9 @@ class Grounder:
         indices = article.sentences_in(passage.start, passage.end)
         if not indices:
             return None
-        vectors = self.index.sentence_vectors([(article.id, i) for i in indices])
-        meaning = vectors @ claim_vector
-        claim_tokens = set(tokenize([claim])[0])
         texts = [article.text[article.sentences[i][0] : article.sentences[i][1]] for i in indices]
+        meaning = self.embedder.embed_cached(texts) @ claim_vector
+        claim_tokens = set(tokenize([claim])[0])
         words = [overlap(claim_tokens, tokens) for tokens in tokenize(texts)]
         scores = [max(float(m), w) for m, w in zip(meaning, words, strict=True)]
         best = int(np.argmax(scores))

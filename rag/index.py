@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
     from chromadb.api.types import Where
 
-    from rag.embeddings import Embedder
+    from rag.embeddings import Embedder, Spans
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ MANIFEST_FORMAT = 3  # 3: sentence vectors moved from a Chroma collection to the
 _MANIFEST = "manifest.json"
 _IN_PROGRESS = "ingest-in-progress.json"
 _LOCK = "ingest.lock"
-# Sentences embedded per model call group at ingest: ~6 MB of vectors, many batches of work.
-_SENTENCE_GROUP = 4096
+# Chunks embedded per group at ingest: many batches of work per call, a few MB of vectors in memory.
+_CHUNK_GROUP = 1024
 
 
 class RagIndexError(RuntimeError):
@@ -330,7 +330,7 @@ class ArticleIndex:
     def sync(
         self, articles: dict[str, IndexedArticle], *, only: set[str] | None = None, progress: bool = False
     ) -> tuple[int, int]:
-        """Make Chroma and the manifest hold exactly ``articles``.
+        """Make Chroma, the sentence store and the manifest hold exactly ``articles``.
 
         ``only`` limits the comparison with Chroma to those article ids (what an ordinary ingest
         changed), so re-indexing one article in a large archive does not list every vector; without it
@@ -338,12 +338,17 @@ class ArticleIndex:
         and sentences were embedded.
         """
         scope = articles.values() if only is None else [a for a in articles.values() if a.id in only]
-        chunks = {cid: (a, i, *a.chunks[i]) for a in scope for i, cid in enumerate(a.chunk_ids())}
+        wanted = {cid for a in scope for cid in a.chunk_ids()}
         try:
-            chunk_changes = self._sync_collection(self.collection, chunks, only, progress)
-            sentence_changes = self._sync_sentences(list(scope), only, progress)
+            existing, stale = self._stored_chunk_ids(wanted, only)
+            self._delete_chunks(stale)
+            stale_files = self.sentences.remove_stale(scope, only)
+            todo = [a for a in scope if not self.sentences.has(a) or not existing.issuperset(a.chunk_ids())]
+            added = self._embed_articles(todo, existing, progress)
             unchanged = (
-                chunk_changes == sentence_changes == (0, 0)
+                added == (0, 0)
+                and not stale
+                and not stale_files
                 and self.manifest is not None
                 and {k: (a.content_hash, a.stamp) for k, a in self.manifest.articles.items()}
                 == {k: (a.content_hash, a.stamp) for k, a in articles.items()}
@@ -362,80 +367,91 @@ class ArticleIndex:
                 "already indexed was lost. Free disk space or fix the folder's permissions, then run "
                 "`rag ingest` again: it completes the interrupted ingest."
             ) from exc
-        return chunk_changes[0], sentence_changes[0]
+        return added
 
-    def _sync_collection(
-        self,
-        collection: Collection,
-        wanted: dict[str, tuple[IndexedArticle, int, int, int]],
-        only: set[str] | None,
-        progress: bool,
-    ) -> tuple[int, int]:
-        """Delete the vectors nobody wants any more, embed and add the wanted ones that are missing.
-
-        Returns (added, deleted).
-        """
+    def _stored_chunk_ids(self, wanted: set[str], only: set[str] | None) -> tuple[set[str], list[str]]:
+        """The chunk ids Chroma holds (those of ``only``'s articles, if given), and the unwanted ones."""
         if only is None:
-            existing = set(collection.get(include=[])["ids"])
+            existing = set(self.collection.get(include=[])["ids"])
         elif only:
             wanted_ids: list[str | int | float | bool] = list(sorted(only))
             article_filter: Where = {"article_id": {"$in": wanted_ids}}  # type: ignore[dict-item]
-            existing = set(collection.get(where=article_filter, include=[])["ids"])
+            existing = set(self.collection.get(where=article_filter, include=[])["ids"])
         else:
             existing = set()
-        stale = sorted(existing - wanted.keys())
+        return existing & wanted, sorted(existing - wanted)
+
+    def _delete_chunks(self, ids: list[str]) -> None:
         batch = self.client.get_max_batch_size()
-        for start in range(0, len(stale), batch):
-            collection.delete(ids=stale[start : start + batch])
-        missing = [key for key in wanted if key not in existing]
-        for start in range(0, len(missing), batch):
-            ids = missing[start : start + batch]
-            spans = [wanted[key] for key in ids]
-            texts = [article.text[s:e] for article, _, s, e in spans]
-            collection.add(
-                ids=ids,
-                embeddings=self.embedder.embed(texts, progress=progress),
-                documents=texts,
+        for start in range(0, len(ids), batch):
+            self.collection.delete(ids=ids[start : start + batch])
+
+    def _embed_articles(
+        self, articles: list[IndexedArticle], stored: set[str], progress: bool
+    ) -> tuple[int, int]:
+        """One model pass over the chunks of ``articles``: chunk vectors go to Chroma (those it lacks),
+        and each sentence's vector is pooled from the token states of the chunks that hold it whole.
+
+        Reading each sentence in its passage costs no second pass over the text (ingest was twice as
+        slow with one) and answered the evaluation questions as well as embedding sentences alone.
+        Articles go in groups of about ``_CHUNK_GROUP`` chunks, so memory stays flat however large
+        the archive. Returns (chunks added, sentences written).
+        """
+        bar = tqdm(total=sum(len(a.chunks) for a in articles), desc="Embedding", disable=not progress)
+        added = written = 0
+        for group in _groups(articles, _CHUNK_GROUP):
+            texts = [a.text[s:e] for a in group for s, e in a.chunks]
+            parts = [sentences_within(a, s, e) for a in group for s, e in a.chunks]
+            chunk_vectors, part_vectors = self.embedder.embed_with_parts(texts, [p for p, _ in parts])
+            added += self._add_chunks(group, chunk_vectors, stored)
+            sentence_vectors = self._sentence_vectors(group, [i for _, i in parts], part_vectors)
+            for article, vectors in zip(group, sentence_vectors, strict=True):
+                self.sentences.write(article, vectors)
+                written += len(vectors)
+            bar.update(len(texts))
+        bar.close()
+        return added, written
+
+    def _add_chunks(self, articles: list[IndexedArticle], vectors: np.ndarray, stored: set[str]) -> int:
+        rows = [
+            (cid, article, index, row)
+            for row, (cid, article, index) in enumerate(
+                (cid, a, i) for a in articles for i, cid in enumerate(a.chunk_ids())
+            )
+            if cid not in stored
+        ]
+        batch = self.client.get_max_batch_size()
+        for start in range(0, len(rows), batch):
+            part = rows[start : start + batch]
+            spans = [article.chunks[index] for _, article, index, _ in part]
+            self.collection.add(
+                ids=[cid for cid, *_ in part],
+                embeddings=vectors[[row for *_, row in part]],
+                documents=[article.text[s:e] for (_, article, _, _), (s, e) in zip(part, spans, strict=True)],
                 metadatas=[
                     {"article_id": article.id, "index": index, "start": s, "end": e}
-                    for article, index, s, e in spans
+                    for (_, article, index, _), (s, e) in zip(part, spans, strict=True)
                 ],
             )
-        return len(missing), len(stale)
+        return len(rows)
 
-    def _sync_sentences(
-        self, scope: list[IndexedArticle], only: set[str] | None, progress: bool
-    ) -> tuple[int, int]:
-        """Write the sentence vectors of articles that have none, delete those nobody wants.
-
-        Articles are embedded in groups of about ``_SENTENCE_GROUP`` sentences, so that memory stays
-        flat however large the archive, while each model call still gets many sentences to batch.
-        Returns (sentences embedded, files deleted).
-        """
-        deleted = self.sentences.remove_stale(scope, only)
-        missing = [a for a in scope if not self.sentences.has(a)]
-        bar = tqdm(total=sum(len(a.sentences) for a in missing), desc="Sentences", disable=not progress)
-        embedded, group = 0, list[IndexedArticle]()
-
-        def flush() -> None:
-            texts = [a.text[s:e] for a in group for s, e in a.sentences]
-            vectors = self.embedder.embed(texts)
-            offset = 0
-            for member in group:
-                self.sentences.write(member, vectors[offset : offset + len(member.sentences)])
-                offset += len(member.sentences)
-            bar.update(len(texts))
-            group.clear()
-
-        for article in missing:
-            group.append(article)
-            embedded += len(article.sentences)
-            if sum(len(a.sentences) for a in group) >= _SENTENCE_GROUP:
-                flush()
-        if group:
-            flush()
-        bar.close()
-        return embedded, deleted
+    def _sentence_vectors(
+        self, articles: list[IndexedArticle], owners: list[list[int]], pooled: list[np.ndarray]
+    ) -> list[np.ndarray]:
+        """Per article, the mean of each sentence's in-chunk vectors (a sentence in the overlap is read
+        in both chunks); sentences no chunk held whole (a sentence longer than a chunk, or cut by the
+        model's length limit) are embedded on their own."""
+        dim = self.embedder.dimension
+        sums = [np.zeros((len(a.sentences), dim), dtype=np.float32) for a in articles]
+        chunk_article = [n for n, a in enumerate(articles) for _ in a.chunks]
+        for n, sentence_ids, vectors in zip(chunk_article, owners, pooled, strict=True):
+            for sentence, vector in zip(sentence_ids, vectors, strict=True):
+                sums[n][sentence] += vector
+        alone = [(n, i) for n, rows in enumerate(sums) for i in np.flatnonzero(~rows.any(axis=1))]
+        texts = [articles[n].text[slice(*articles[n].sentences[i])] for n, i in alone]
+        for (n, i), vector in zip(alone, self.embedder.embed(texts), strict=True):
+            sums[n][i] = vector
+        return [rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12) for rows in sums]
 
     def wipe(self) -> None:
         """Delete the whole index (for ``--rebuild``), and the sentence collection of format-2 indexes."""
@@ -466,6 +482,27 @@ class ArticleIndex:
                 f"{MANIFEST_FORMAT}. Rebuild it with `rag ingest --rebuild`."
             )
         return manifest
+
+
+def sentences_within(article: IndexedArticle, start: int, end: int) -> tuple[Spans, list[int]]:
+    """The sentences lying wholly inside ``[start, end)``: their spans relative to ``start``, and their
+    indices in the article."""
+    inside = [i for i in article.sentences_in(start, end) if article.sentences[i][1] <= end]
+    inside = [i for i in inside if article.sentences[i][0] >= start]
+    return [(article.sentences[i][0] - start, article.sentences[i][1] - start) for i in inside], inside
+
+
+def _groups(articles: list[IndexedArticle], chunks_per_group: int) -> Iterator[list[IndexedArticle]]:
+    group: list[IndexedArticle] = []
+    chunks = 0
+    for article in articles:
+        group.append(article)
+        chunks += len(article.chunks)
+        if chunks >= chunks_per_group:
+            yield group
+            group, chunks = [], 0
+    if group:
+        yield group
 
 
 def atomic_write(path: Path, text: str) -> None:

