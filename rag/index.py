@@ -2,8 +2,8 @@
 
 The manifest holds each article's canonical text, metadata, content hash, chunk spans and sentence
 spans. Chroma holds one vector per chunk (what retrieval searches) under a deterministic id
-(``article:hash:n``); the sentence store holds one vector per sentence (what the answer step compares
-with the question, so a query never re-embeds article text) in a file per article version. Syncing is
+(``article:hash:n``); the sentence store holds one vector per sentence, pooled from the same model pass
+(what the answer step ranks candidate sentences by), in a file per article version. Syncing is
 a set difference between what the manifest implies and what is stored, so an interrupted ingest is
 completed, not duplicated, by the next one, and running an ingest twice changes nothing.
 """

@@ -41,6 +41,28 @@ def test_onnx_vectors_match_pytorch(reference: np.ndarray, backend: str, min_cos
     assert (vectors * reference).sum(axis=1).min() >= min_cosine
 
 
+def test_sentence_vectors_from_the_text_pass_agree_across_runtimes() -> None:
+    """Both runtimes pool a sentence's tokens the same way, in a batch of texts of several lengths, and
+    a span the model never saw (past its length limit) comes back as a zero row for the caller to fill."""
+    first, second = TEXTS[0], TEXTS[2]
+    passage = f"{first} {second}"
+    long_text = " ".join([first] * 60) + " The last sentence."
+    texts = [passage, TEXTS[1], long_text]
+    parts = [
+        [(0, len(first)), (len(first) + 1, len(passage))],
+        [],
+        [(0, len(first)), (len(long_text) - len("The last sentence."), len(long_text))],
+    ]
+    pooled = {backend: embedder(backend).embed_with_parts(texts, parts)[1] for backend in ("torch", "onnx")}
+    for backend, vectors in pooled.items():
+        assert [v.shape for v in vectors] == [(2, 384), (0, 384), (2, 384)], backend
+        assert np.allclose(np.linalg.norm(vectors[0], axis=1), 1.0, atol=1e-5)
+        assert np.linalg.norm(vectors[2][0]) > 0.99 and not vectors[2][1].any(), backend
+    assert (pooled["torch"][0] * pooled["onnx"][0]).sum(axis=1).min() > 0.9999
+    alone = embedder("onnx").embed([first, second])
+    assert (pooled["onnx"][0] * alone).sum(axis=1).min() > 0.6  # each is its own sentence, read in context
+
+
 def test_padding_in_a_batch_does_not_change_a_vector() -> None:
     """A short text alone and beside a long one (so padded) gets the same fp32 vector: the exported
     graph kept the attention mask."""
