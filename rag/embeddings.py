@@ -163,8 +163,8 @@ class OnnxEncoder:
         self.tokenizer.enable_padding(pad_id=pad_id or 0, pad_token=config.pad_token)
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # the exported graph's shape warnings are noise to a user
-        # One thread per run, and `workers` runs at once: a 6-layer model on ~16 short texts is too small
-        # a job to split across cores (2 threads per run left ~25% of the CPU idle on 2 cores).
+        # One thread per run, and `workers` runs at once: a 6-layer model on a few short texts is too
+        # small a job to split across cores (two runs side by side were ~25% faster than one on two).
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         self.workers = max(1, workers)

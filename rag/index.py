@@ -413,13 +413,14 @@ class ArticleIndex:
         return added, written
 
     def _add_chunks(self, articles: list[IndexedArticle], vectors: np.ndarray, stored: set[str]) -> int:
-        rows = [
-            (cid, article, index, row)
-            for row, (cid, article, index) in enumerate(
-                (cid, a, i) for a in articles for i, cid in enumerate(a.chunk_ids())
-            )
-            if cid not in stored
-        ]
+        """Add the chunks Chroma lacks; ``vectors`` holds every chunk of ``articles``, in order."""
+        rows: list[tuple[str, IndexedArticle, int, int]] = []  # (id, article, chunk index, row in vectors)
+        row = 0
+        for article in articles:
+            for index, cid in enumerate(article.chunk_ids()):
+                if cid not in stored:
+                    rows.append((cid, article, index, row))
+                row += 1
         batch = self.client.get_max_batch_size()
         for start in range(0, len(rows), batch):
             part = rows[start : start + batch]
