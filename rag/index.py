@@ -335,7 +335,7 @@ class ArticleIndex:
         ``only`` limits the comparison with Chroma to those article ids (what an ordinary ingest
         changed), so re-indexing one article in a large archive does not list every vector; without it
         every id is compared, which is how an interrupted ingest is completed. Returns how many chunks
-        and sentences were embedded.
+        were added to Chroma and how many sentence vectors were written.
         """
         scope = articles.values() if only is None else [a for a in articles.values() if a.id in only]
         wanted = {cid for a in scope for cid in a.chunk_ids()}
@@ -488,9 +488,9 @@ class ArticleIndex:
 def sentences_within(article: IndexedArticle, start: int, end: int) -> tuple[Spans, list[int]]:
     """The sentences lying wholly inside ``[start, end)``: their spans relative to ``start``, and their
     indices in the article."""
-    inside = [i for i in article.sentences_in(start, end) if article.sentences[i][1] <= end]
-    inside = [i for i in inside if article.sentences[i][0] >= start]
-    return [(article.sentences[i][0] - start, article.sentences[i][1] - start) for i in inside], inside
+    spans = article.sentences
+    inside = [i for i in article.sentences_in(start, end) if spans[i][0] >= start and spans[i][1] <= end]
+    return [(spans[i][0] - start, spans[i][1] - start) for i in inside], inside
 
 
 def _groups(articles: list[IndexedArticle], chunks_per_group: int) -> Iterator[list[IndexedArticle]]:
