@@ -1,10 +1,11 @@
 """`make bench`: speed, memory and retrieval quality as the corpus grows, ours beside the LangChain peer.
 
 Corpora of 5, ~300 and ~3,000 articles (30,000 with --big): the five shipped articles plus synthetic
-distractors written by a word-trigram model of their text with names and numbers swapped
-(evals/synth.py), so the shipped questions keep exactly one right answer. Every measurement runs in a
-fresh child process, so peak RSS and cold start are the system's own. Prints a table, writes
-evals/results/bench.json and bench.png. A benchmark prints numbers; nothing here asserts a time.
+distractors written by a word-trigram model of their text that copies no more than six words in a row
+and swaps every name and number (evals/synth.py), so the shipped questions keep one right answer.
+Every measurement runs in a fresh child process, so peak RSS and cold start are the system's own.
+Prints a table, writes evals/results/bench.json and bench.png. A benchmark prints numbers; nothing
+here asserts a time.
 """
 
 from __future__ import annotations

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 from evals.metrics import Outcome, score_outcome, summarize
 from evals.run import HERE, calibrate, load_questions
+from evals.synth import MarkovWriter, source_sentences, write_distractor_corpus
 from tests.conftest import CORPUS
 
 
@@ -69,3 +72,19 @@ def test_question_set_is_well_formed_and_its_evidence_is_verbatim() -> None:
             sources = {i for e in q["evidence"] for i, t in enumerate(texts) if e in t}
             assert len(sources) >= 2, q["id"]
     json.dumps(questions)
+
+
+def test_benchmark_distractors_restate_no_source_sentence_and_name_no_source_name(tmp_path: Path) -> None:
+    """The benchmark's premise: among thousands of distractors the shipped questions keep one right
+    answer. A distractor may share the sources' vocabulary, not a whole statement or a name."""
+    writer = MarkovWriter(source_sentences(CORPUS))
+    distractors = " ".join(p.read_text() for p in write_distractor_corpus(CORPUS, tmp_path, 300))
+    assert len(distractors.split()) > 300 * 250  # news-length articles
+    words = {w.lower() for w in re.findall(r"[\w’'-]+", distractors)}
+    assert not words & writer.names
+    for sentence in writer.source:
+        if len(sentence.split()) < 10:
+            continue
+        tokens = sentence.split()
+        masked = [r"\S+" if re.match(r"[A-Z\d]", t) else re.escape(t) for t in tokens[1:]]
+        assert not re.search(r"\s+".join([re.escape(tokens[0]), *masked]), distractors), sentence
