@@ -69,8 +69,11 @@ class Settings(BaseSettings):
     top_k: int = Field(5, ge=1, description="Passages returned with each answer.")
     # Each retriever proposes this many candidates before fusion; cheap, and recall matters more here.
     candidates: int = Field(30, ge=1)
-    # 60 is the constant from the original reciprocal-rank-fusion paper; it damps the top ranks.
-    rrf_k: int = Field(60, ge=1)
+    # Reciprocal-rank fusion adds 1 / (rrf_k + rank) from each retriever. The paper's 60 suits lists of
+    # 1,000; over 30 candidates it makes rank 1 and rank 30 weigh nearly alike (1/61 vs 1/90), so a
+    # passage both retrievers half-like beats one BM25 ranks first on a rare name. With 5, hit@5 at
+    # 3,000 articles rose from 0.91 to 0.95 (`make bench`); `make eval` was unchanged (3 to 5 alike).
+    rrf_k: int = Field(5, ge=1)
     # BM25's vote in the fusion relative to dense search's (1 = equal say).
     sparse_weight: float = Field(1.0, ge=0.0)
     # Maximal marginal relevance over the best `mmr_pool` extra candidates: 1 keeps the fused order,
