@@ -19,6 +19,7 @@ import shutil
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -91,6 +92,11 @@ class Manifest(BaseModel):
     generation: int = 0  # bumped by every sync; side indexes record the generation they match
     signature: dict[str, Any]
     articles: dict[str, IndexedArticle] = {}
+
+    @cached_property
+    def chunk_count(self) -> int:
+        """Counted once per manifest (a sync writes a new one): every dense search asks for it."""
+        return sum(len(a.chunks) for a in self.articles.values())
 
 
 def chunk_id(article_id: str, content_hash: str, index: int) -> str:
@@ -247,7 +253,7 @@ class ArticleIndex:
         return self.manifest.articles if self.manifest else {}
 
     def chunk_count(self) -> int:
-        return sum(len(a.chunks) for a in self.articles.values())
+        return self.manifest.chunk_count if self.manifest else 0
 
     def dense_search(self, query_vector: np.ndarray, k: int) -> list[tuple[Chunk, float]]:
         """Nearest chunks by cosine similarity, best first."""
