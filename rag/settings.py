@@ -72,7 +72,8 @@ class Settings(BaseSettings):
     # Reciprocal-rank fusion adds 1 / (rrf_k + rank) from each retriever. The paper's 60 suits lists of
     # 1,000; over 30 candidates it makes rank 1 and rank 30 weigh nearly alike (1/61 vs 1/90), so a
     # passage both retrievers half-like beats one BM25 ranks first on a rare name. With 5, hit@5 at
-    # 3,000 articles rose from 0.91 to 0.95 (`make bench`); `make eval` was unchanged (3 to 5 alike).
+    # 3,000 articles rose from 0.91 to 0.95 (`make bench`; 3 to 5 alike); `make eval` was unchanged
+    # with int8 and lost one question of 81 with PyTorch.
     rrf_k: int = Field(5, ge=1)
     # BM25's vote in the fusion relative to dense search's (1 = equal say).
     sparse_weight: float = Field(1.0, ge=0.0)
