@@ -183,8 +183,7 @@ class ExtractiveAnswerer:
 
         The stored sentence vectors were read in their passages, so a sentence leans towards its
         neighbours' topic; that ranks candidates well, but the few that lead are re-embedded on their
-        own and re-scored (again, if a newcomer takes the lead), so that the one chosen says what was
-        asked, not what its paragraph is about.
+        own and re-scored, so that the one chosen says what was asked, not what its paragraph is about.
         """
         if not sentences:
             return []
@@ -202,15 +201,13 @@ class ExtractiveAnswerer:
                 for s, text, tokens in zip(sentences, texts, tokenize(texts), strict=True)
             ]
         )
-        alone: set[int] = set()
-        while True:  # until the leaders are all scored alone (read in context, scores run a little high)
-            order = [int(i) for i in np.argsort(-(w.meaning * meaning + rest), kind="stable")]
-            contenders = [i for i in order[: self.settings.answer_rescore] if i not in alone]
-            if not contenders:
-                break
-            meaning[contenders] = self.embedder.embed_cached([texts[i] for i in contenders]) @ question_vector
-            alone.update(contenders)
+        first = [int(i) for i in np.argsort(-(w.meaning * meaning + rest), kind="stable")]
+        contenders = first[: self.settings.answer_rescore]
+        meaning[contenders] = self.embedder.embed_cached([texts[i] for i in contenders]) @ question_vector
         scores = w.meaning * meaning + rest
+        # The contenders, now scored alike, lead; the rest keep their order (read in context, their
+        # scores run a little high, so they are not compared with the contenders' again).
+        order = [*sorted(contenders, key=lambda i: -scores[i]), *first[len(contenders) :]]
         return [
             Evidence(
                 sentences[i].article,

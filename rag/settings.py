@@ -87,10 +87,11 @@ class Settings(BaseSettings):
     # --- answering -----------------------------------------------------------------------------------
     # The "short" is under 50 words; a whole long sentence often holds the answer's clause.
     answer_max_words: int = Field(50, ge=5, description="Longest extractive answer, in words.")
-    # Sentences whose scores are re-computed with their own embedding (the stored ones are read in the
-    # passage's context): the best and the three runners-up that answer-picking compares with it. With
-    # PyTorch, 4 or 5 gave the same `make eval` as embedding every sentence alone; 0 lost 2 questions.
-    answer_rescore: int = Field(4, ge=0)
+    # Leading sentences re-scored with their own embedding (the stored ones are read in the passage's
+    # context, which ranks the right sentence up to 5th or 6th). With PyTorch, 6 gave the same `make
+    # eval` as embedding every sentence alone; none lost 2 questions, 5 a per-article test question.
+    # Each costs a model run at query time (~1 ms on one of 2 cores).
+    answer_rescore: int = Field(6, ge=0)
     # Below this evidence score the bot says the articles do not answer. Calibrated with `make eval`.
     # `make eval EVAL_ARGS=--calibrate` reports the threshold that abstains most on unanswerable
     # questions while still answering >= 95% of answerable ones: 0.49 on evals/questions.jsonl. 0.48
