@@ -32,17 +32,22 @@ class Candidate:
 
     chunk: Chunk
     fused: float = 0.0
-    shingles: frozenset[tuple[str, ...]] = field(default_factory=frozenset)
+    shingles: frozenset[int] = field(default_factory=frozenset)
 
 
 @lru_cache(maxsize=8192)
-def shingles(text: str, n: int = 3) -> frozenset[tuple[str, ...]]:
+def shingles(text: str, n: int = 3) -> frozenset[int]:
+    """The text's word n-grams, hashed: comparing sets of ints is several times cheaper than sets of
+    tuples of strings, and de-duplication compares every candidate with every one kept."""
     words = [w.lower() for w in _WORD.findall(text)]
-    return frozenset(tuple(words[i : i + n]) for i in range(max(len(words) - n + 1, 1)))
+    return frozenset(hash(tuple(words[i : i + n])) for i in range(max(len(words) - n + 1, 1)))
 
 
-def jaccard(a: frozenset[tuple[str, ...]], b: frozenset[tuple[str, ...]]) -> float:
-    return len(a & b) / len(a | b) if a and b else 0.0
+def jaccard(a: frozenset[int], b: frozenset[int]) -> float:
+    if not a or not b:
+        return 0.0
+    shared = len(a & b)
+    return shared / (len(a) + len(b) - shared)
 
 
 class HybridRetriever:

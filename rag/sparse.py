@@ -122,7 +122,8 @@ class SparseIndex:
         known = [[t for t in tokens[0] if t in self.model.vocab_dict]]
         if not known[0]:
             return []
-        ids, scores = self.model.retrieve(known, k=min(k, len(self.keys)), show_progress=False, n_threads=1)
+        # n_threads=0 scores inline; any other value starts a thread pool for each call (bm25s 0.3.16).
+        ids, scores = self.model.retrieve(known, k=min(k, len(self.keys)), show_progress=False, n_threads=0)
         return [(self.keys[int(i)], float(s)) for i, s in zip(ids[0], scores[0], strict=True) if s > 0]
 
     def idf(self, term: str) -> float:
