@@ -2,8 +2,8 @@
 
 The manifest holds each article's canonical text, metadata, content hash, chunk spans and sentence
 spans. Chroma holds one vector per chunk (what retrieval searches) under a deterministic id
-(``article:hash:n``); the sentence store holds one vector per sentence, pooled from the same model pass
-(what the answer step ranks candidate sentences by), in a file per article version. Syncing is
+(``article:hash:n``); a file per article version holds the same chunk vectors and one vector per
+sentence, pooled from the same model pass (what the answer step ranks candidate sentences by). Syncing is
 a set difference between what the manifest implies and what is stored, so an interrupted ingest is
 completed, not duplicated, by the next one, and running an ingest twice changes nothing.
 """
@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from tqdm import tqdm
 
 from rag import offline  # noqa: F401
-from rag.sentence_store import SentenceStore
+from rag.article_vectors import ArticleVectors
 from rag.settings import Settings
 from rag.types import Article, Chunk
 
@@ -42,7 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = 3  # 3: sentence vectors moved from a Chroma collection to the sentence store
+# 3: sentence vectors moved from a Chroma collection to files; 4: sentence vectors pooled from the chunk
+# pass, and chunk vectors beside them in the same file (rag/article_vectors.py)
+MANIFEST_FORMAT = 4
 _MANIFEST = "manifest.json"
 _IN_PROGRESS = "ingest-in-progress.json"
 _LOCK = "ingest.lock"
@@ -122,7 +124,7 @@ class ArticleIndex:
         self._open_lock = threading.RLock()
         self._manifest: Manifest | None = None
         self._manifest_read = False
-        self.sentences = SentenceStore(self.root / "sentences")
+        self.vectors = ArticleVectors(self.root / "vectors")
 
     # --- opening ---------------------------------------------------------------------------------------
     @property
@@ -275,36 +277,29 @@ class ArticleIndex:
 
     def chunk_vectors(self, chunks: list[Chunk]) -> np.ndarray:
         """Stored embeddings of the given chunks, in order (no model call)."""
-        ids = [chunk_id(c.article_id, self.articles[c.article_id].content_hash, c.index) for c in chunks]
-        return self._vectors(self.collection, ids)
+        return self._stored_vectors([(c.article_id, c.index) for c in chunks], self.vectors.chunk_vectors)
 
     def sentence_vectors(self, sentences: list[tuple[str, int]]) -> np.ndarray:
         """Stored embeddings of (article_id, sentence index) pairs, in order (no model call)."""
-        out = np.zeros((len(sentences), self.embedder.dimension), dtype=np.float32)
+        return self._stored_vectors(sentences, self.vectors.sentence_vectors)
+
+    def _stored_vectors(
+        self, keys: list[tuple[str, int]], read: Callable[[IndexedArticle, list[int]], np.ndarray]
+    ) -> np.ndarray:
+        """Rows for (article_id, index) pairs, read one article file at a time."""
+        out = np.zeros((len(keys), self.embedder.dimension), dtype=np.float32)
         rows: dict[str, list[int]] = {}
-        for row, (article_id, _) in enumerate(sentences):
+        for row, (article_id, _) in enumerate(keys):
             rows.setdefault(article_id, []).append(row)
         for article_id, article_rows in rows.items():
-            indices = [sentences[r][1] for r in article_rows]
-            out[article_rows] = self.sentences.vectors(self.articles[article_id], indices)
+            out[article_rows] = read(self.articles[article_id], [keys[r][1] for r in article_rows])
         return out
-
-    def _vectors(self, collection: Collection, ids: list[str]) -> np.ndarray:
-        dim = self.embedder.dimension
-        if not ids:
-            return np.zeros((0, dim), dtype=np.float32)
-        result = collection.get(ids=ids, include=["embeddings"])
-        stored = result["embeddings"] if result["embeddings"] is not None else []
-        by_id = dict(zip(result["ids"], stored, strict=True))
-        return np.array([by_id.get(i, np.zeros(dim)) for i in ids], dtype=np.float32).reshape(len(ids), dim)
 
     def is_consistent(self) -> bool:
         """Chroma holds exactly the vectors the manifest implies (cheap: ids only)."""
         chunks = {cid for a in self.articles.values() for cid in a.chunk_ids()}
-        sentence_files = {self.sentences.path(a) for a in self.articles.values()}
-        return (
-            set(self.collection.get(include=[])["ids"]) == chunks and self.sentences.files() == sentence_files
-        )
+        vector_files = {self.vectors.path(a) for a in self.articles.values()}
+        return set(self.collection.get(include=[])["ids"]) == chunks and self.vectors.files() == vector_files
 
     # --- writing ---------------------------------------------------------------------------------------
     @contextmanager
@@ -336,7 +331,7 @@ class ArticleIndex:
     def sync(
         self, articles: dict[str, IndexedArticle], *, only: set[str] | None = None, progress: bool = False
     ) -> tuple[int, int]:
-        """Make Chroma, the sentence store and the manifest hold exactly ``articles``.
+        """Make Chroma, the article vector files and the manifest hold exactly ``articles``.
 
         ``only`` limits the comparison with Chroma to those article ids (what an ordinary ingest
         changed), so re-indexing one article in a large archive does not list every vector; without it
@@ -348,8 +343,8 @@ class ArticleIndex:
         try:
             existing, stale = self._stored_chunk_ids(wanted, only)
             self._delete_chunks(stale)
-            stale_files = self.sentences.remove_stale(scope, only)
-            todo = [a for a in scope if not self.sentences.has(a) or not existing.issuperset(a.chunk_ids())]
+            stale_files = self.vectors.remove_stale(scope, only)
+            todo = [a for a in scope if not self.vectors.has(a) or not existing.issuperset(a.chunk_ids())]
             added = self._embed_articles(todo, existing, progress)
             unchanged = (
                 added == (0, 0)
@@ -411,8 +406,10 @@ class ArticleIndex:
             chunk_vectors, part_vectors = self.embedder.embed_with_parts(texts, [p for p, _ in parts])
             added += self._add_chunks(group, chunk_vectors, stored)
             sentence_vectors = self._sentence_vectors(group, [i for _, i in parts], part_vectors)
+            first = 0
             for article, vectors in zip(group, sentence_vectors, strict=True):
-                self.sentences.write(article, vectors)
+                self.vectors.write(article, chunk_vectors[first : first + len(article.chunks)], vectors)
+                first += len(article.chunks)
                 written += len(vectors)
             bar.update(len(texts))
         bar.close()
@@ -461,7 +458,7 @@ class ArticleIndex:
         return [rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12) for rows in sums]
 
     def wipe(self) -> None:
-        """Delete the whole index (for ``--rebuild``), and the sentence collection of format-2 indexes."""
+        """Delete the whole index (for ``--rebuild``), and what older formats kept elsewhere."""
         names = {self.settings.collection, f"{self.settings.collection}-sentences"}
         for existing in self.client.list_collections():
             if existing.name in names:
@@ -470,7 +467,8 @@ class ArticleIndex:
         self.manifest = None
         (self.root / _MANIFEST).unlink(missing_ok=True)
         shutil.rmtree(self.root / "bm25", ignore_errors=True)
-        self.sentences.wipe()
+        self.vectors.wipe()
+        shutil.rmtree(self.root / "sentences", ignore_errors=True)  # format 3 kept sentence vectors there
 
     def _read_manifest(self) -> Manifest | None:
         path = self.root / _MANIFEST

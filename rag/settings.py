@@ -150,8 +150,6 @@ class Settings(BaseSettings):
             "embedding_dim": embedding_dim,
             "chunk_size": self.chunk_size,
             "chunk_overlap_sentences": self.chunk_overlap_sentences,
-            # How sentence vectors are made (see ArticleIndex._embed_articles); older indexes differ.
-            "sentence_vectors": "pooled-in-chunk",
         }
 
 

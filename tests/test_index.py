@@ -42,6 +42,17 @@ def test_ingest_indexes_every_chunk_once_with_exact_offsets(fresh_pipeline: Pipe
         assert np.diag(similarity).mean() > 0.7
         assert np.diag(similarity).mean() > np.diag(similarity, 1).mean() + 0.15
         assert np.diag(similarity).mean() > np.diag(similarity, -1).mean() + 0.15
+    # Chunk vectors are read back from the article files for diversification: the very ones Chroma holds.
+    chunks = [chunk for article in fresh_pipeline.index.articles.values() for chunk in article.iter_chunks()]
+    stored_chunks = fresh_pipeline.index.collection.get(
+        ids=[c for article in fresh_pipeline.index.articles.values() for c in article.chunk_ids()],
+        include=["embeddings"],
+    )
+    by_id = dict(zip(stored_chunks["ids"], stored_chunks["embeddings"], strict=True))
+    in_chroma = np.array(
+        [by_id[cid] for a in fresh_pipeline.index.articles.values() for cid in a.chunk_ids()]
+    )
+    assert np.allclose(fresh_pipeline.index.chunk_vectors(chunks), in_chroma, atol=1e-6)
 
 
 def test_reingest_is_a_no_op(fresh_pipeline: Pipeline) -> None:
@@ -133,7 +144,7 @@ def test_interrupted_ingest_is_completed_on_next_use(fresh_pipeline: Pipeline) -
     victim = next(iter(index.articles.values()))
     # What a crash mid-write leaves: some chunks gone from Chroma, the in-progress marker still there.
     index.collection.delete(ids=victim.chunk_ids()[1:])
-    index.sentences.path(victim).unlink()
+    index.vectors.path(victim).unlink()
     (index.root / "ingest-in-progress.json").write_text(json.dumps({"paths": []}))
     reopened = Pipeline(fresh_pipeline.settings)
     assert reopened.index.interrupted == []

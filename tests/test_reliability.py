@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from evals.synth import write_distractor_corpus
-from rag.index import RagIndexError
+from rag.index import MANIFEST_FORMAT, IndexMismatchError, RagIndexError
 from rag.pipeline import Pipeline, QuestionError
 from tests.conftest import CORPUS, make_settings
 
@@ -93,6 +94,17 @@ def test_a_damaged_manifest_names_the_fix(fresh_pipeline: Pipeline) -> None:
     fresh_pipeline.ingest()
     (Path(fresh_pipeline.settings.index_dir) / "manifest.json").write_text("{ not json")
     with pytest.raises(RagIndexError, match="rag ingest --rebuild"):
+        Pipeline(fresh_pipeline.settings).query("Who is Serbia's foreign minister?")
+    assert len(Pipeline(fresh_pipeline.settings).ingest(rebuild=True).added) == 5
+    assert Pipeline(fresh_pipeline.settings).query("Who is Serbia's foreign minister?").found
+
+
+def test_an_index_from_an_older_version_names_the_fix(fresh_pipeline: Pipeline) -> None:
+    fresh_pipeline.ingest()
+    manifest_path = Path(fresh_pipeline.settings.index_dir) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "format": MANIFEST_FORMAT - 1}))
+    with pytest.raises(IndexMismatchError, match=r"has format \d+.*rag ingest --rebuild"):
         Pipeline(fresh_pipeline.settings).query("Who is Serbia's foreign minister?")
     assert len(Pipeline(fresh_pipeline.settings).ingest(rebuild=True).added) == 5
     assert Pipeline(fresh_pipeline.settings).query("Who is Serbia's foreign minister?").found
