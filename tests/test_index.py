@@ -190,3 +190,19 @@ def test_bm25_is_saved_at_ingest_and_only_loaded_at_start(fresh_pipeline: Pipeli
     restarted.ingest()
     assert json.loads(saved.read_text())["generation"] == generation + 1
     assert restarted.retriever.sparse_search("Holmenkollen venue", 3)[0][0].article_id == first.stem
+
+
+def test_bm25_tokens_are_those_bm25s_would_make() -> None:
+    """Our tokeniser restates bm25s' analysis for speed; an index built by either must read alike."""
+    import bm25s
+
+    from rag.sparse import _stemmer, _stopwords, tokenize
+    from tests.conftest import CORPUS
+
+    texts = [p.read_text(encoding="utf-8") for p in sorted(CORPUS.glob("*.txt"))]
+    texts += ["Who's hosting the talks in Minsk—or Abu Dhabi?", "", "a I 42 2,000 km U.S. naïve café"]
+    expected = bm25s.tokenize(
+        texts, stopwords=sorted(_stopwords()), stemmer=_stemmer(), return_ids=False, show_progress=False
+    )
+    assert tokenize(texts) == expected
+    assert sum(map(len, expected)) > 1000
