@@ -72,7 +72,7 @@ class Pipeline:
                 articles, only=touched, progress=self.settings.progress
             )
             if report.changed or full or not self.retriever.sparse.load(self.index.generation):
-                self.retriever.sparse.rebuild(articles, self.index.generation)
+                self.retriever.sparse.update(articles, self.index.generation)
         report.seconds = round(time.perf_counter() - started, 3)
         return report
 

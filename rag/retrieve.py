@@ -64,7 +64,7 @@ class HybridRetriever:
         with self._lock:
             generation = self.index.generation
             if not self.sparse.load(generation):
-                self.sparse.rebuild(self.index.articles, generation)
+                self.sparse.update(self.index.articles, generation)
                 self.sparse.load(generation)
             return self.sparse
 

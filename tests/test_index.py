@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -173,7 +174,7 @@ def test_chroma_never_runs_its_default_embedding_model(shipped: Pipeline) -> Non
 
 def test_bm25_is_saved_at_ingest_and_only_loaded_at_start(fresh_pipeline: Pipeline, corpus_dir: Path) -> None:
     fresh_pipeline.ingest()
-    saved = Path(fresh_pipeline.settings.index_dir) / "bm25" / "keys.json"
+    saved = Path(fresh_pipeline.settings.index_dir) / "bm25" / "state.json"
     generation = fresh_pipeline.index.generation
     assert json.loads(saved.read_text())["generation"] == generation
     stamp = saved.stat().st_mtime_ns
@@ -206,3 +207,65 @@ def test_bm25_tokens_are_those_bm25s_would_make() -> None:
     )
     assert tokenize(texts) == expected
     assert sum(map(len, expected)) > 1000
+
+
+def bm25s_ranking(pipeline: Pipeline, question: str, k: int) -> list[tuple[tuple[str, int], float]]:
+    """What bm25s, built from scratch over the index's current chunks, ranks first."""
+    import bm25s
+
+    from rag.sparse import tokenize
+
+    keys = [(a.id, i) for a in pipeline.index.articles.values() for i in range(len(a.chunks))]
+    model = bm25s.BM25()
+    model.index(tokenize([pipeline.index.articles[a].chunk(i).text for a, i in keys]), show_progress=False)
+    terms = [[t for t in tokenize([question])[0] if t in model.vocab_dict]]
+    ids, scores = model.retrieve(terms, k=k, show_progress=False, n_threads=0)
+    return [(keys[int(i)], float(s)) for i, s in zip(ids[0], scores[0], strict=True) if s > 0]
+
+
+def assert_same_bm25(pipeline: Pipeline, questions: list[str]) -> None:
+    for question in questions:
+        ours = pipeline.retriever.sparse_index().search(question, 10)
+        theirs = bm25s_ranking(pipeline, question, 10)
+        assert [key for key, _ in ours][:5] == [key for key, _ in theirs][:5], question
+        assert np.allclose([s for _, s in ours], [s for _, s in theirs], rtol=1e-4), question
+
+
+def test_bm25_updated_in_place_scores_as_bm25s_rebuilt_from_scratch(
+    fresh_pipeline: Pipeline, corpus_dir: Path
+) -> None:
+    questions = [
+        "Who offered to host the talks in Belgrade?",
+        "How far is the Belarusian border from Kyiv?",
+        "Which news agency reported the interview with the minister?",
+    ]
+    fresh_pipeline.ingest()
+    assert_same_bm25(fresh_pipeline, questions)
+    sparse = fresh_pipeline.retriever.sparse
+    files = sorted(corpus_dir.glob("*.txt"))
+    # Each ingest adds a segment for the changed article and retires its old rows; past the limit the
+    # small segments are merged. Scores must stay those of a full rebuild throughout.
+    for n in range(12):
+        files[n % 2].write_text(files[n % 2].read_text() + f"\nA talks venue note number {n} was added.\n")
+        fresh_pipeline.ingest()
+        assert_same_bm25(fresh_pipeline, [*questions, "talks venue note"])
+    assert 1 < len(sparse.state.segments) <= 9
+    files[2].unlink()
+    fresh_pipeline.ingest()
+    assert_same_bm25(fresh_pipeline, questions)
+    assert all(key[0] != files[2].stem for key, _ in sparse.search("Belarus Kyiv border talks minister", 50))
+    folders = {p.name for p in (Path(fresh_pipeline.settings.index_dir) / "bm25").iterdir() if p.is_dir()}
+    assert folders == set(sparse.state.segments)  # replaced segments are deleted
+
+
+def test_a_damaged_bm25_index_is_rebuilt_from_the_manifest(fresh_pipeline: Pipeline) -> None:
+    fresh_pipeline.ingest()
+    folder = Path(fresh_pipeline.settings.index_dir) / "bm25"
+    segments = [path for path in folder.iterdir() if path.is_dir()]
+    assert segments
+    for segment in segments:
+        shutil.rmtree(segment)  # what a lost disk block or a careless cleanup leaves
+    restarted = Pipeline(fresh_pipeline.settings)
+    assert restarted.query("Which news agency reported the interview?").found
+    assert_same_bm25(restarted, ["Which news agency reported the interview?"])
+    assert all((folder / name).is_dir() for name in restarted.retriever.sparse.state.segments)
