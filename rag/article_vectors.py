@@ -51,7 +51,11 @@ class ArticleVectors:
         return self.path(article).exists()
 
     def files(self) -> set[Path]:
-        return set(self.folder.glob(f"*{_SUFFIX}")) if self.folder.exists() else set()
+        return {self.folder / name for name in self._names() if name.endswith(_SUFFIX)}
+
+    def _names(self) -> list[str]:
+        """File names only: building a Path for each of 3,000 files took most of a re-ingest's 60 ms here."""
+        return os.listdir(self.folder) if self.folder.exists() else []
 
     def chunk_vectors(self, article: IndexedArticle, indices: list[int]) -> np.ndarray:
         return self._rows(article, indices)
@@ -74,14 +78,17 @@ class ArticleVectors:
     def remove_stale(self, wanted: Iterable[IndexedArticle], scope: set[str] | None) -> int:
         """Delete files no wanted article version owns (only those of ``scope``'s articles, if given),
         and temporary files a crash left behind. Returns how many vector files were deleted."""
-        keep = {self.path(a) for a in wanted}
+        keep = {self.path(a).name for a in wanted}
+        names = self._names()
         stale = [
-            p for p in self.files() if p not in keep and (scope is None or p.name.split(".", 1)[0] in scope)
+            name
+            for name in names
+            if name.endswith(_SUFFIX)
+            and name not in keep
+            and (scope is None or name.split(".", 1)[0] in scope)
         ]
-        for path in stale:
-            path.unlink(missing_ok=True)
-        for leftover in self.folder.glob("*.tmp") if self.folder.exists() else []:
-            leftover.unlink(missing_ok=True)
+        for name in stale + [name for name in names if name.endswith(".tmp")]:
+            (self.folder / name).unlink(missing_ok=True)
         _read.cache_clear()
         return len(stale)
 

@@ -19,7 +19,7 @@ import math
 import re
 import shutil
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -213,7 +213,7 @@ class SparseIndex:
             name for name in state.segments if any(e["segment"] == name for e in state.live.values())
         ]
         state.generation = generation
-        atomic_write(self.folder / _STATE, json.dumps(asdict(state)))
+        atomic_write(self.folder / _STATE, json.dumps(vars(state)))
         for path in self.folder.iterdir():  # replaced segments, and any a crash left half-written
             if path.is_dir() and path.name not in state.segments:
                 shutil.rmtree(path, ignore_errors=True)
