@@ -80,7 +80,7 @@ class IndexedArticle(Article):
 
     def sentences_in(self, start: int, end: int) -> list[int]:
         """Indices of the sentences overlapping ``[start, end)``, in text order."""
-        first = bisect.bisect_right([e for _, e in self.sentences], start)
+        first = bisect.bisect_right(self.sentences, start, key=lambda span: span[1])
         found = []
         for i in range(first, len(self.sentences)):
             if self.sentences[i][0] >= end:
