@@ -201,17 +201,14 @@ class SparseIndex:
             a for a, e in state.live.items() if a not in articles or articles[a].content_hash != e["hash"]
         ]
         for article_id in stale:
-            entry = state.live[article_id]
-            rows = range(entry["row"], entry["row"] + entry["rows"])
-            state.remove(article_id, segments[entry["segment"]].docs(rows))
+            self._retire(state, segments, article_id)
         fresh = [a for a in articles.values() if a.id not in state.live]
         if fresh:
             docs = [Counter(tokens) for tokens in tokenize([c.text for a in fresh for c in a.iter_chunks()])]
             self._add_segment(state, fresh, docs, segments)
         self._merge_small_segments(state, articles, segments)
-        state.segments = [
-            name for name in state.segments if any(e["segment"] == name for e in state.live.values())
-        ]
+        in_use = {entry["segment"] for entry in state.live.values()}
+        state.segments = [name for name in state.segments if name in in_use]
         state.generation = generation
         atomic_write(self.folder / _STATE, json.dumps(vars(state)))
         for path in self.folder.iterdir():  # replaced segments, and any a crash left half-written
@@ -236,6 +233,14 @@ class SparseIndex:
             state.add(article, name, row, docs[row : row + len(article.chunks)])
             row += len(article.chunks)
 
+    @staticmethod
+    def _retire(state: State, segments: dict[str, Segment], article_id: str) -> list[Counter[str]]:
+        """Take an article's rows out of the statistics and the live set; returns their term counts."""
+        entry = state.live[article_id]
+        docs = segments[entry["segment"]].docs(range(entry["row"], entry["row"] + entry["rows"]))
+        state.remove(article_id, docs)
+        return docs
+
     def _merge_small_segments(
         self, state: State, articles: dict[str, IndexedArticle], segments: dict[str, Segment]
     ) -> None:
@@ -252,13 +257,7 @@ class SparseIndex:
         if live_rows[largest] > len(segments[largest].keys) / 2:
             active.remove(largest)
         moving = [a for a, e in state.live.items() if e["segment"] in active]
-        docs = []
-        for article_id in moving:
-            entry = state.live[article_id]
-            rows = range(entry["row"], entry["row"] + entry["rows"])
-            docs_of_article = segments[entry["segment"]].docs(rows)
-            state.remove(article_id, docs_of_article)
-            docs.extend(docs_of_article)
+        docs = [doc for article_id in moving for doc in self._retire(state, segments, article_id)]
         self._add_segment(state, [articles[a] for a in moving], docs, segments)
 
     # --- reading (at query time) -----------------------------------------------------------------
