@@ -17,8 +17,7 @@ from rag import offline  # noqa: F401  (offline switches, before gradio imports 
 import gradio as gr
 
 import rag
-from rag.index import RagIndexError
-from rag.pipeline import QuestionError
+from rag.errors import QuestionError, RagIndexError
 from rag.types import CITATION_MARKER, Answer, Citation
 
 EXAMPLES = [

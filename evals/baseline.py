@@ -13,7 +13,7 @@ from typing import Any
 
 from rag import offline  # noqa: F401
 from rag.embeddings import resolve_model_path
-from rag.index import IndexedArticle
+from rag.types import IndexedArticle
 
 
 class TutorialBaseline:

@@ -20,8 +20,8 @@ from rag.settings import Settings, get_settings
 from rag.types import Answer, Article, Citation, IngestReport, Passage
 
 if TYPE_CHECKING:
-    from rag.index import IndexedArticle
     from rag.pipeline import Pipeline
+    from rag.types import IndexedArticle
 
 __all__ = [
     "Answer",

@@ -15,15 +15,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rag.chunking import Span
 from rag.retrieve import Candidate, jaccard, shingles
 from rag.settings import Settings
 from rag.sparse import tokenize
-from rag.types import Answer, Citation, Passage
+from rag.types import Answer, Citation, IndexedArticle, Passage, Span
 
 if TYPE_CHECKING:
     from rag.embeddings import Embedder
-    from rag.index import ArticleIndex, IndexedArticle
+    from rag.index import ArticleIndex
 
 NOT_FOUND = "The articles do not say."
 _WORD = re.compile(r"\S+")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from rag.index import IndexedArticle
+    from rag.types import IndexedArticle
 
 # Raw little-endian float32 rows, no header: the manifest knows the row count (chunks + sentences).
 # Parsing an .npy header, or setting up a memory map, took 60-90 us a file, and a query opens about

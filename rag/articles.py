@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from rag.errors import ArticleError
 from rag.types import Article, SkippedFile
 
 SUPPORTED_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".html", ".htm"})
@@ -22,10 +23,6 @@ _RULES_FILE = Path(__file__).with_name("cleaning_rules.toml")
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*\r?\n", re.DOTALL)
 _FRONT_MATTER_KEYS = ("title", "outlet", "date")
 _TITLE_MAX_CHARS = 200
-
-
-class ArticleError(ValueError):
-    """A file that cannot become an article; the message says why, for the ingest report."""
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,8 @@ LangChain's recursive splitter still handles the rare sentence too long for one 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
-from rag.types import Article, Chunk
+from rag.types import Article, Chunk, Span
 
 # Words that end with a full stop without ending a sentence.
 _ABBREVIATIONS = frozenset(
@@ -23,12 +22,6 @@ _ABBREVIATIONS = frozenset(
 )  # A candidate boundary: terminal punctuation and closing quotes/brackets, then space or a glued capital.
 _BOUNDARY = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s|[A-Z“\"‘]|$)")
 _WORD_BEFORE = re.compile(r"([\w.]+)$")
-
-
-@dataclass(frozen=True)
-class Span:
-    start: int
-    end: int
 
 
 def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[Span]:

@@ -35,7 +35,7 @@ def main(
     llm_model: Annotated[str | None, typer.Option(help="LLM model name [env: RAG_LLM_MODEL]")] = None,
 ) -> None:
     """Flags override RAG_* environment variables, which override the defaults."""
-    from rag.generate import GeneratorConfigError
+    from rag.errors import GeneratorConfigError
 
     overrides: dict[str, Any] = {
         "corpus_dir": corpus_dir,
@@ -65,8 +65,7 @@ def ingest(
     rebuild: Annotated[bool, typer.Option(help="Delete the index and build it again")] = False,
 ) -> None:
     """Index new and changed articles and drop deleted ones (running it twice changes nothing)."""
-    from rag.embeddings import ModelNotFoundError
-    from rag.index import RagIndexError
+    from rag.errors import ModelNotFoundError, RagIndexError
 
     try:
         report = rag.ingest(paths or None, rebuild=rebuild)
@@ -87,9 +86,7 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print the Answer as JSON")] = False,
 ) -> None:
     """Answer a question from the articles, with numbered citations."""
-    from rag.embeddings import ModelNotFoundError
-    from rag.index import RagIndexError
-    from rag.pipeline import QuestionError
+    from rag.errors import ModelNotFoundError, QuestionError, RagIndexError
 
     try:
         answer = rag.query(question)
@@ -120,8 +117,7 @@ def serve(
 ) -> None:
     """Start the web chat (builds the index first if there is none)."""
     import app as web
-    from rag.embeddings import ModelNotFoundError
-    from rag.index import RagIndexError
+    from rag.errors import ModelNotFoundError, RagIndexError
 
     try:
         web.launch(host=host, port=port)

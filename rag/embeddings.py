@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rag import offline  # noqa: F401  (sets the offline switches before any model library loads)
+from rag.errors import ModelNotFoundError
 
 if TYPE_CHECKING:
     from tokenizers import Encoding
@@ -40,10 +41,6 @@ log = logging.getLogger(__name__)
 _CACHE_SIZE = 4096
 # Bump when the export steps change, so machines re-export instead of reusing an old file.
 _EXPORT_RECIPE = "torchscript-opset17-eager-lasthidden-v2"
-
-
-class ModelNotFoundError(RuntimeError):
-    pass
 
 
 def resolve_model_path(name: str) -> Path:

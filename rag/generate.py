@@ -23,6 +23,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rag.answer import NOT_FOUND
+from rag.errors import GeneratorConfigError, GeneratorError
 from rag.types import Answer, Passage
 
 if TYPE_CHECKING:
@@ -35,15 +36,6 @@ BUILT_IN = {
     "openai": "rag.llm:OpenAIGenerator",
     "ollama": "rag.llm:OllamaGenerator",
 }
-
-
-class GeneratorError(RuntimeError):
-    """The generator could not answer (unreachable, too slow, nothing it said checked out). The message
-    is for the reader; the pipeline shows it beside the extractive answer."""
-
-
-class GeneratorConfigError(ValueError):
-    """The settings name a generator that does not exist or leave out what it needs."""
 
 
 @dataclass

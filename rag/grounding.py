@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rag.answer import overlap, quote
-from rag.chunking import Span, sentence_spans
+from rag.chunking import sentence_spans
 from rag.prompts import NOT_FOUND_REPLY
 from rag.sparse import tokenize
-from rag.types import Citation, Passage
+from rag.types import Citation, Passage, Span
 
 if TYPE_CHECKING:
     from rag.embeddings import Embedder

@@ -10,7 +10,6 @@ completed, not duplicated, by the next one, and running an ingest twice changes 
 
 from __future__ import annotations
 
-import bisect
 import fcntl
 import json
 import logging
@@ -30,8 +29,9 @@ from tqdm import tqdm
 
 from rag import offline  # noqa: F401
 from rag.article_vectors import ArticleVectors
+from rag.errors import IndexBusyError, IndexMismatchError, RagIndexError
 from rag.settings import Settings
-from rag.types import Article, Chunk
+from rag.types import Chunk, IndexedArticle
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -52,43 +52,6 @@ _LOCK = "ingest.lock"
 _CHUNK_GROUP = 1024
 
 
-class RagIndexError(RuntimeError):
-    """Base class for index problems a user must act on."""
-
-
-class IndexMismatchError(RagIndexError):
-    """The index was built with another embedding model or chunking; mixing them gives wrong answers."""
-
-
-class IndexBusyError(RagIndexError):
-    """Another ingest holds the index."""
-
-
-class IndexedArticle(Article):
-    chunks: list[tuple[int, int]]
-    sentences: list[tuple[int, int]]
-
-    def chunk(self, index: int) -> Chunk:
-        start, end = self.chunks[index]
-        return Chunk(article_id=self.id, index=index, start=start, end=end, text=self.text[start:end])
-
-    def iter_chunks(self) -> Iterator[Chunk]:
-        return (self.chunk(i) for i in range(len(self.chunks)))
-
-    def chunk_ids(self) -> list[str]:
-        return [chunk_id(self.id, self.content_hash, i) for i in range(len(self.chunks))]
-
-    def sentences_in(self, start: int, end: int) -> list[int]:
-        """Indices of the sentences overlapping ``[start, end)``, in text order."""
-        first = bisect.bisect_right(self.sentences, start, key=lambda span: span[1])
-        found = []
-        for i in range(first, len(self.sentences)):
-            if self.sentences[i][0] >= end:
-                break
-            found.append(i)
-        return found
-
-
 class Manifest(BaseModel):
     format: int = MANIFEST_FORMAT
     generation: int = 0  # bumped by every sync; side indexes record the generation they match
@@ -99,6 +62,10 @@ class Manifest(BaseModel):
     def chunk_count(self) -> int:
         """Counted once per manifest (a sync writes a new one): every dense search asks for it."""
         return sum(len(a.chunks) for a in self.articles.values())
+
+
+def chunk_ids(article: IndexedArticle) -> list[str]:
+    return [chunk_id(article.id, article.content_hash, i) for i in range(len(article.chunks))]
 
 
 def chunk_id(article_id: str, content_hash: str, index: int) -> str:
@@ -297,7 +264,7 @@ class ArticleIndex:
 
     def is_consistent(self) -> bool:
         """Chroma holds exactly the vectors the manifest implies (cheap: ids only)."""
-        chunks = {cid for a in self.articles.values() for cid in a.chunk_ids()}
+        chunks = {cid for a in self.articles.values() for cid in chunk_ids(a)}
         vector_files = {self.vectors.path(a) for a in self.articles.values()}
         return set(self.collection.get(include=[])["ids"]) == chunks and self.vectors.files() == vector_files
 
@@ -339,12 +306,12 @@ class ArticleIndex:
         were added to Chroma and how many sentence vectors were written.
         """
         scope = articles.values() if only is None else [a for a in articles.values() if a.id in only]
-        wanted = {cid for a in scope for cid in a.chunk_ids()}
+        wanted = {cid for a in scope for cid in chunk_ids(a)}
         try:
             existing, stale = self._stored_chunk_ids(wanted, only)
             self._delete_chunks(stale)
             stale_files = self.vectors.remove_stale(scope, only)
-            todo = [a for a in scope if not self.vectors.has(a) or not existing.issuperset(a.chunk_ids())]
+            todo = [a for a in scope if not self.vectors.has(a) or not existing.issuperset(chunk_ids(a))]
             added = self._embed_articles(todo, existing, progress)
             unchanged = (
                 added == (0, 0)
@@ -420,7 +387,7 @@ class ArticleIndex:
         rows: list[tuple[str, IndexedArticle, int, int]] = []  # (id, article, chunk index, row in vectors)
         row = 0
         for article in articles:
-            for index, cid in enumerate(article.chunk_ids()):
+            for index, cid in enumerate(chunk_ids(article)):
                 if cid not in stored:
                     rows.append((cid, article, index, row))
                 row += 1

@@ -14,7 +14,8 @@ from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from rag.generate import GenerationRequest, Generator, GeneratorConfigError, GeneratorError, grounded_answer
+from rag.errors import GeneratorConfigError, GeneratorError
+from rag.generate import GenerationRequest, Generator, grounded_answer
 from rag.prompts import answer_messages, condense_messages
 from rag.types import Answer
 

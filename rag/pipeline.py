@@ -14,26 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from rag.answer import ExtractiveAnswerer
-from rag.articles import ArticleError, article_id_for, load_article, scan_articles
+from rag.articles import article_id_for, load_article, scan_articles
 from rag.chunking import chunk_article, sentence_spans
 from rag.embeddings import Embedder
+from rag.errors import ArticleError, ArticleNotFoundError, GeneratorError, QuestionError
 from rag.followup import resolve_followup
-from rag.generate import GenerationRequest, GeneratorError, make_generator
+from rag.generate import GenerationRequest, make_generator
 from rag.grounding import Grounder
-from rag.index import ArticleIndex, IndexedArticle
+from rag.index import ArticleIndex
 from rag.retrieve import Candidate, HybridRetriever
 from rag.settings import Settings
-from rag.types import CITATION_MARKER, Answer, Article, IngestReport, Passage, SkippedFile
+from rag.types import CITATION_MARKER, Answer, Article, IndexedArticle, IngestReport, Passage, SkippedFile
 
 log = logging.getLogger(__name__)
-
-
-class QuestionError(ValueError):
-    """A question the pipeline will not run (empty, too long); the message is for the user."""
-
-
-class ArticleNotFoundError(KeyError):
-    pass
 
 
 class Pipeline:

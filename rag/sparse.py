@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from rag.index import IndexedArticle, atomic_write
+from rag.index import atomic_write
+from rag.types import IndexedArticle
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
@@ -23,6 +26,14 @@ class Article(BaseModel):
     stamp: str = Field("", description="File size, mtime and rules version when read (see file_stamp).")
 
 
+@dataclass(frozen=True)
+class Span:
+    """A ``[start, end)`` range of character offsets into an article's text."""
+
+    start: int
+    end: int
+
+
 class Chunk(BaseModel):
     """A retrievable span of an article: ``text == article.text[start:end]``."""
 
@@ -31,6 +42,30 @@ class Chunk(BaseModel):
     start: int
     end: int
     text: str
+
+
+class IndexedArticle(Article):
+    """An article as the index holds it: its text with the spans of its chunks and sentences."""
+
+    chunks: list[tuple[int, int]] = Field(description="Chunk spans, in text order.")
+    sentences: list[tuple[int, int]] = Field(description="Sentence spans, in text order.")
+
+    def chunk(self, index: int) -> Chunk:
+        start, end = self.chunks[index]
+        return Chunk(article_id=self.id, index=index, start=start, end=end, text=self.text[start:end])
+
+    def iter_chunks(self) -> Iterator[Chunk]:
+        return (self.chunk(i) for i in range(len(self.chunks)))
+
+    def sentences_in(self, start: int, end: int) -> list[int]:
+        """Indices of the sentences overlapping ``[start, end)``, in text order."""
+        first = bisect.bisect_right(self.sentences, start, key=lambda span: span[1])
+        found = []
+        for i in range(first, len(self.sentences)):
+            if self.sentences[i][0] >= end:
+                break
+            found.append(i)
+        return found
 
 
 class Passage(BaseModel):

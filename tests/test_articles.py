@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from rag.articles import ArticleError, CleaningRules, clean_text, decode_bytes, load_article, load_articles
+from rag.articles import CleaningRules, clean_text, decode_bytes, load_article, load_articles
+from rag.errors import ArticleError
 from tests.conftest import CORPUS
 
 BOILERPLATE = [

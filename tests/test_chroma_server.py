@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from evals.serving import free_loopback_port, process_serving
-from rag.index import RagIndexError
+from rag.errors import RagIndexError
 from rag.pipeline import Pipeline
 from tests.conftest import CORPUS, make_settings
 

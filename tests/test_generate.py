@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from evals.serving import free_loopback_port
-from rag.generate import GeneratorConfigError, available_generators
+from rag.errors import GeneratorConfigError
+from rag.generate import available_generators
 from rag.grounding import split_claims
 from rag.pipeline import Pipeline
 from rag.types import Answer

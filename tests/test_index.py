@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag.index import IndexBusyError, IndexMismatchError
+from rag.errors import IndexBusyError, IndexMismatchError
+from rag.index import chunk_ids
 from rag.pipeline import Pipeline
 from tests.conftest import make_settings
 
@@ -19,7 +20,7 @@ def chroma_ids(pipeline: Pipeline) -> set[str]:
 
 
 def manifest_ids(pipeline: Pipeline) -> set[str]:
-    return {cid for a in pipeline.index.articles.values() for cid in a.chunk_ids()}
+    return {cid for a in pipeline.index.articles.values() for cid in chunk_ids(a)}
 
 
 def test_ingest_indexes_every_chunk_once_with_exact_offsets(fresh_pipeline: Pipeline) -> None:
@@ -46,13 +47,11 @@ def test_ingest_indexes_every_chunk_once_with_exact_offsets(fresh_pipeline: Pipe
     # Chunk vectors are read back from the article files for diversification: the very ones Chroma holds.
     chunks = [chunk for article in fresh_pipeline.index.articles.values() for chunk in article.iter_chunks()]
     stored_chunks = fresh_pipeline.index.collection.get(
-        ids=[c for article in fresh_pipeline.index.articles.values() for c in article.chunk_ids()],
+        ids=[c for article in fresh_pipeline.index.articles.values() for c in chunk_ids(article)],
         include=["embeddings"],
     )
     by_id = dict(zip(stored_chunks["ids"], stored_chunks["embeddings"], strict=True))
-    in_chroma = np.array(
-        [by_id[cid] for a in fresh_pipeline.index.articles.values() for cid in a.chunk_ids()]
-    )
+    in_chroma = np.array([by_id[cid] for a in fresh_pipeline.index.articles.values() for cid in chunk_ids(a)])
     assert np.allclose(fresh_pipeline.index.chunk_vectors(chunks), in_chroma, atol=1e-6)
 
 
@@ -144,7 +143,7 @@ def test_interrupted_ingest_is_completed_on_next_use(fresh_pipeline: Pipeline) -
     index = fresh_pipeline.index
     victim = next(iter(index.articles.values()))
     # What a crash mid-write leaves: some chunks gone from Chroma, the in-progress marker still there.
-    index.collection.delete(ids=victim.chunk_ids()[1:])
+    index.collection.delete(ids=chunk_ids(victim)[1:])
     index.vectors.path(victim).unlink()
     (index.root / "ingest-in-progress.json").write_text(json.dumps({"paths": []}))
     reopened = Pipeline(fresh_pipeline.settings)

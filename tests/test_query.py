@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rag.pipeline import Pipeline, QuestionError
+from rag.errors import QuestionError
+from rag.pipeline import Pipeline
 from rag.types import Answer
 
 PER_ARTICLE = [

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from evals.synth import write_distractor_corpus
-from rag.index import MANIFEST_FORMAT, IndexMismatchError, RagIndexError
-from rag.pipeline import Pipeline, QuestionError
+from rag.errors import IndexMismatchError, QuestionError, RagIndexError
+from rag.index import MANIFEST_FORMAT
+from rag.pipeline import Pipeline
 from tests.conftest import CORPUS, make_settings
 
 
