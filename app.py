@@ -17,7 +17,7 @@ from rag import offline  # noqa: F401  (offline switches, before gradio imports 
 import gradio as gr
 
 import rag
-from rag.errors import QuestionError, RagIndexError
+from rag.errors import IndexBusyError, QuestionError, RagIndexError
 from rag.types import CITATION_MARKER, Answer, Citation
 
 EXAMPLES = [
@@ -200,8 +200,14 @@ def upload(files: list[Any] | None, progress: gr.Progress = gr.Progress()) -> tu
         for f in files
     ]
     try:
-        report = rag.add_files(pairs)
-    except RagIndexError as exc:  # another ingest is running, the disk is full, …
+        report = rag.add_files(pairs, on_wait=lambda: progress(0.2, desc="Queued behind another ingest…"))
+    except IndexBusyError:  # another ingest outlasted RAG_INGEST_WAIT_S
+        return (
+            "⏳ Another ingest is still running. Your files are saved in the corpus folder and will be "
+            "indexed by the next ingest or restart.",
+            library_rows(),
+        )
+    except RagIndexError as exc:  # the disk is full, the folder is read-only, …
         return f"⚠️ {safe(str(exc))}", library_rows()
     progress(1.0, desc="Done")
     lines = []

@@ -85,9 +85,12 @@ def ingest(paths: Iterable[str | Path] | None = None, *, rebuild: bool = False) 
     return get_pipeline().ingest(paths, rebuild=rebuild)
 
 
-def add_files(files: Iterable[tuple[str | Path, str]]) -> IngestReport:
-    """Copy (path, original file name) pairs into the corpus folder and index them."""
-    return get_pipeline().add_files(files)
+def add_files(
+    files: Iterable[tuple[str | Path, str]], on_wait: Callable[[], None] | None = None
+) -> IngestReport:
+    """Copy (path, original file name) pairs into the corpus folder and index them; if another ingest
+    is writing, wait for it (``on_wait`` is told once, e.g. to show "queued")."""
+    return get_pipeline().add_files(files, on_wait=on_wait)
 
 
 def query(

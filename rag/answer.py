@@ -10,6 +10,7 @@ spanning two articles cites both. Weak best evidence means the articles do not a
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -158,7 +159,7 @@ class ExtractiveAnswerer:
         self.scorer = scorer or Scorer()
 
     def candidate_sentences(
-        self, candidates: list[Candidate], articles: dict[str, IndexedArticle]
+        self, candidates: list[Candidate], articles: Mapping[str, IndexedArticle]
     ) -> list[Sentence]:
         """Statements in the top passages, each once, in passage-rank order."""
         seen: set[tuple[str, int]] = set()
@@ -340,7 +341,7 @@ class ExtractiveAnswerer:
         question: str,
         search_query: str,
         candidates: list[Candidate],
-        articles: dict[str, IndexedArticle],
+        articles: Mapping[str, IndexedArticle],
         passages: list[Passage],
         coverage: float,
     ) -> Answer:

@@ -1,4 +1,4 @@
-"""Chunk and sentence vectors on disk: one file per article version, beside the manifest.
+"""Stage 3c: chunk and sentence vectors on disk: one file per article version, in the index folder.
 
 A file holds the article's chunk vectors, then its sentence vectors, one row each. The answer step looks
 sentence vectors up by (article, sentence), and diversification compares the retrieved chunks with each
@@ -7,7 +7,9 @@ cost an HNSW index, a second copy of every sentence and most of the index's size
 of ingest time at 300 articles); reading chunk vectors back from Chroma cost ~1.3 ms a query at 3,000
 articles, reading them from these files ~0.5 ms. A file is written under a temporary name and renamed,
 so a crash leaves an article's vectors whole or absent; the name carries the article's content hash,
-so a changed article never reads its old vectors.
+so a changed article never reads its old vectors, and a reader still on the previous version reads
+its file until the ingest that replaced it deletes it (then the reader retries on the new state).
+Against a Chroma server these files are this machine's cache, made from the article text when missing.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +26,7 @@ import numpy as np
 if TYPE_CHECKING:
     from rag.types import IndexedArticle
 
-# Raw little-endian float32 rows, no header: the manifest knows the row count (chunks + sentences).
+# Raw little-endian float32 rows, no header: the article store knows the row count (chunks + sentences).
 # Parsing an .npy header, or setting up a memory map, took 60-90 us a file, and a query opens about
 # ten files; a plain read takes ~35 us.
 _SUFFIX = ".f32"
@@ -44,14 +45,22 @@ class ArticleVectors:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
+    @staticmethod
+    def name(article_id: str, content_hash: str) -> str:
+        return f"{article_id}.{content_hash[:12]}{_SUFFIX}"
+
     def path(self, article: IndexedArticle) -> Path:
-        return self.folder / f"{article.id}.{article.content_hash[:12]}{_SUFFIX}"
+        return self.folder / self.name(article.id, article.content_hash)
 
     def has(self, article: IndexedArticle) -> bool:
         return self.path(article).exists()
 
-    def files(self) -> set[Path]:
-        return {self.folder / name for name in self._names() if name.endswith(_SUFFIX)}
+    def has_version(self, article_id: str, content_hash: str) -> bool:
+        return (self.folder / self.name(article_id, content_hash)).exists()
+
+    def names(self) -> set[str]:
+        """The vector files present, by name."""
+        return {name for name in self._names() if name.endswith(_SUFFIX)}
 
     def _names(self) -> list[str]:
         """File names only: a Path for each of 3,000 files cost a re-ingest ~60 ms."""
@@ -75,10 +84,9 @@ class ArticleVectors:
             os.fsync(out.fileno())
         os.replace(tmp, self.path(article))
 
-    def remove_stale(self, wanted: Iterable[IndexedArticle], scope: set[str] | None) -> int:
-        """Delete files no wanted article version owns (only those of ``scope``'s articles, if given),
-        and temporary files a crash left behind. Returns how many vector files were deleted."""
-        keep = {self.path(a).name for a in wanted}
+    def remove_stale(self, keep: set[str], scope: set[str] | None) -> int:
+        """Delete files not named in ``keep`` (only those of ``scope``'s articles, if given), and
+        temporary files a crash left behind. Returns how many vector files were deleted."""
         names = self._names()
         stale = [
             name

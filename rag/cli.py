@@ -81,6 +81,29 @@ def ingest(
 
 
 @app.command()
+def check(
+    repair: Annotated[bool, typer.Option(help="Compare every store with the articles and fix them")] = False,
+) -> None:
+    """Check that Chroma, the vector files and BM25 hold exactly the indexed articles (exit 1 if not)."""
+    from rag.errors import ModelNotFoundError, RagIndexError
+
+    try:
+        pipeline = rag.get_pipeline()
+        if repair:
+            pipeline.ingest(full=True)
+        problems = pipeline.index.check()
+        articles = len(pipeline.index.store.catalog())
+    except (RagIndexError, ModelNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    if problems:
+        for problem in problems:
+            console.print(f"[red]inconsistent:[/] {escape(problem)}")
+        console.print("Run `rag check --repair` to fix it.")
+        raise typer.Exit(code=1)
+    console.print(f"consistent: {articles} articles, generation {pipeline.index.generation}")
+
+
+@app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="Your question")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the Answer as JSON")] = False,

@@ -46,6 +46,11 @@ class IndexBusyError(RagIndexError):
     """Another ingest holds the index."""
 
 
+class IndexChangedError(RagIndexError):
+    """Another process committed an ingest while a query read the index; the query is retried once on
+    the new state, so a reader sees this only if the index changes under it twice in a row."""
+
+
 class GeneratorError(RagError):
     """The generator could not answer (unreachable, too slow, nothing it said checked out). The message
     is for the reader; the pipeline shows it beside the extractive answer."""

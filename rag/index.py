@@ -1,11 +1,20 @@
-"""Stage 3: the persistent index: a Chroma collection of chunk vectors, sentence vectors, a JSON manifest.
+"""Stage 3: the index, a coordinator of the stores it keeps in step.
 
-The manifest holds each article's canonical text, metadata, content hash, chunk spans and sentence
-spans. Chroma holds one vector per chunk (what retrieval searches) under a deterministic id
-(``article:hash:n``); a file per article version holds the same chunk vectors and one vector per
-sentence, pooled from the same model pass (what the answer step ranks candidate sentences by). Syncing is
-a set difference between what the manifest implies and what is stored, so an interrupted ingest is
-completed, not duplicated, by the next one, and running an ingest twice changes nothing.
+- the article store (``article_store.py``): canonical text, metadata, spans and the generation: the truth;
+- the dense index (``dense.py``): one Chroma vector per chunk, for nearest-neighbour search;
+- the vector files (``article_vectors.py``): each article version's chunk and sentence vectors;
+- BM25 (``sparse.py``): term statistics per chunk.
+
+One writer at a time (a lock file in the index folder; against a Chroma server also a lease on the
+server) writes the derived stores first, then commits the articles in one transaction that bumps the
+generation, then deletes what the commit made stale. Readers take no lock: each query starts by
+comparing the store's generation with the one it last saw, and catches up (drops the articles that
+changed from its cache, reopens Chroma, loads BM25's state for that generation). A query that still finds
+a file deleted under it by a later commit is retried once on the newer state.
+
+A marker file records an ingest in progress; if its writer died (the lock is free), the next use
+completes the ingest by comparing every store with the article store, so every article ends up indexed
+exactly once, with no orphans.
 """
 
 from __future__ import annotations
@@ -13,127 +22,185 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
 import shutil
 import threading
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from functools import cached_property
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel
 from tqdm import tqdm
 
-from rag import offline  # noqa: F401
+from rag.article_store import (
+    ArticleStore,
+    CatalogEntry,
+    ChromaArticleStore,
+    SqliteArticleStore,
+    StoreState,
+    check_format,
+    text_hash,
+)
 from rag.article_vectors import ArticleVectors
-from rag.errors import IndexBusyError, IndexMismatchError, RagIndexError
+from rag.atomic import atomic_write
+from rag.dense import DenseIndex, chunk_id, parse_chunk_id
+from rag.errors import IndexBusyError, IndexChangedError, IndexMismatchError, RagIndexError
 from rag.settings import Settings
+from rag.sparse import SparseIndex
 from rag.types import Chunk, IndexedArticle
 
 if TYPE_CHECKING:
-    from chromadb.api import ClientAPI
-    from chromadb.api.models.Collection import Collection
-    from chromadb.api.types import Where
-
     from rag.embeddings import Embedder, Spans
 
 log = logging.getLogger(__name__)
 
-# 3: sentence vectors moved from a Chroma collection to files; 4: sentence vectors pooled from the chunk
-# pass, and chunk vectors beside them in the same file (rag/article_vectors.py)
-MANIFEST_FORMAT = 4
-_MANIFEST = "manifest.json"
 _IN_PROGRESS = "ingest-in-progress.json"
 _LOCK = "ingest.lock"
+_OLD_MANIFEST = "manifest.json"  # format 4 and before kept every article in one JSON file
 # Chunks embedded per group at ingest: many batches of work per call, a few MB of vectors in memory.
 _CHUNK_GROUP = 1024
 
 
-class Manifest(BaseModel):
-    format: int = MANIFEST_FORMAT
-    generation: int = 0  # bumped by every sync; side indexes record the generation they match
-    signature: dict[str, Any]
-    articles: dict[str, IndexedArticle] = {}
-
-    @cached_property
-    def chunk_count(self) -> int:
-        """Counted once per manifest (a sync writes a new one): every dense search asks for it."""
-        return sum(len(a.chunks) for a in self.articles.values())
+def chunk_ids(article: IndexedArticle | CatalogEntry) -> list[str]:
+    count = len(article.chunks) if isinstance(article, IndexedArticle) else article.chunks
+    return [chunk_id(article.id, article.content_hash, i) for i in range(count)]
 
 
-def chunk_ids(article: IndexedArticle) -> list[str]:
-    return [chunk_id(article.id, article.content_hash, i) for i in range(len(article.chunks))]
+def catalog_entry(article: IndexedArticle) -> CatalogEntry:
+    return CatalogEntry(
+        article.id,
+        article.source,
+        article.stamp,
+        article.content_hash,
+        len(article.chunks),
+        text_hash(article.text),
+    )
 
 
-def chunk_id(article_id: str, content_hash: str, index: int) -> str:
-    return f"{article_id}:{content_hash[:12]}:{index}"
+class ArticleView(Mapping[str, IndexedArticle]):
+    """The committed articles, read from the store by id when first needed and kept in a small cache.
+
+    Start-up reads none of them, and a query reads the few it retrieved; iterating reads them all (the
+    Library tab and tests do that, queries never).
+    """
+
+    def __init__(self, index: ArticleIndex, size: int) -> None:
+        self._index = index
+        self._size = size
+        self._cache: OrderedDict[str, IndexedArticle] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def fetch(self, ids: Iterable[str]) -> dict[str, IndexedArticle]:
+        """The articles among ``ids`` that exist, reading the uncached ones in one go."""
+        wanted = list(dict.fromkeys(ids))
+        with self._lock:
+            found = {i: self._cache[i] for i in wanted if i in self._cache}
+            for i in found:
+                self._cache.move_to_end(i)
+        missing = [i for i in wanted if i not in found]
+        if missing:
+            loaded = self._index.store.get(missing)
+            found.update(loaded)
+            with self._lock:
+                self._cache.update(loaded)
+                while len(self._cache) > self._size:
+                    self._cache.popitem(last=False)
+        return found
+
+    def forget(self, ids: Iterable[str] | None = None) -> None:
+        with self._lock:
+            if ids is None:
+                self._cache.clear()
+            for i in ids or ():
+                self._cache.pop(i, None)
+
+    def __getitem__(self, article_id: str) -> IndexedArticle:
+        found = self.fetch([article_id])
+        if article_id not in found:
+            raise KeyError(article_id)
+        return found[article_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._index.store.catalog()))
+
+    def __len__(self) -> int:
+        return len(self._index.store.catalog())
+
+    def __contains__(self, article_id: object) -> bool:
+        return isinstance(article_id, str) and bool(self.fetch([article_id]))
 
 
-def parse_chunk_id(value: str) -> tuple[str, int]:
-    article_id, _, index = value.rsplit(":", 2)
-    return article_id, int(index)
+@dataclass
+class Plan:
+    """What an ingest commits: the new and changed articles, and the ids it removes."""
+
+    upserts: list[IndexedArticle] = field(default_factory=list)
+    removals: list[str] = field(default_factory=list)
+    catalog: dict[str, CatalogEntry] = field(default_factory=dict)  # every article after the commit
 
 
 class ArticleIndex:
-    """Chroma + manifest, kept consistent with each other."""
-
     def __init__(self, settings: Settings, embedder: Embedder) -> None:
         self.settings = settings
         self.embedder = embedder
         self.root = Path(settings.index_dir)
-        self._client: ClientAPI | None = None
-        self._collections: dict[str, Collection] = {}
-        # chromadb's client set-up is not thread-safe: concurrent first queries from the web app
-        # failed with "Could not connect to tenant default_tenant" (chromadb 1.5.9). One opener at a time.
-        self._open_lock = threading.RLock()
-        self._manifest: Manifest | None = None
-        self._manifest_read = False
+        self.dense = DenseIndex(settings, self.expected_signature)
         self.vectors = ArticleVectors(self.root / "vectors")
+        self.sparse = SparseIndex(self.root)
+        self.articles = ArticleView(self, settings.article_cache_size)
+        self._store: ArticleStore | None = None
+        self._generation = -1  # the committed state this process has caught up with
+        self._state: StoreState | None = None
+        self._checked_at = 0.0
+        self._refresh_lock = threading.RLock()
 
-    # --- opening ---------------------------------------------------------------------------------------
+    # --- the stores --------------------------------------------------------------------------------
     @property
-    def manifest(self) -> Manifest | None:
-        """Read on first use, so that a damaged index can still be opened to be rebuilt."""
-        if not self._manifest_read:
-            self._manifest = self._read_manifest()
-            self._manifest_read = True
-        return self._manifest
+    def store(self) -> ArticleStore:
+        if self._store is None:
+            self._store = self._open_store()
+        return self._store
 
-    @manifest.setter
-    def manifest(self, value: Manifest | None) -> None:
-        self._manifest, self._manifest_read = value, True
-
-    @property
-    def exists(self) -> bool:
-        return (self.root / _MANIFEST).exists()
-
-    @property
-    def interrupted(self) -> list[str] | None:
-        """Paths of an ingest that did not finish (the process died), or None."""
-        marker = self.root / _IN_PROGRESS
-        if not marker.exists():
-            return None
-        try:
-            return list(json.loads(marker.read_text(encoding="utf-8"))["paths"])
-        except (ValueError, KeyError, OSError):
-            return []
+    def _open_store(self) -> ArticleStore:
+        if self.dense.remote:
+            return ChromaArticleStore(
+                self.dense.client,
+                self.settings.collection,
+                lease_s=self.settings.ingest_lease_s,
+                wait_s=self.settings.ingest_wait_s,
+            )
+        return SqliteArticleStore(self.root, busy_timeout_s=self.settings.ingest_wait_s)
 
     def expected_signature(self) -> dict[str, Any]:
         return self.settings.index_signature(self.embedder.dimension)
 
+    @property
+    def exists(self) -> bool:
+        return self.store.exists()
+
+    @property
+    def generation(self) -> int:
+        return max(self._generation, 0)
+
     def check_compatible(self) -> None:
-        """Fail loudly, with the fix, when the index was built with other settings than these."""
-        if self.manifest is None:
+        """Fail loudly, with the fix, when the index was built by another version or other settings."""
+        if (self.root / _OLD_MANIFEST).exists() and not self.store.exists():
+            raise IndexMismatchError(
+                f"The index in {self.root} has format 4; this version reads 5. Rebuild it with "
+                "`rag ingest --rebuild`."
+            )
+        state = self.store.state()
+        check_format(state, self.settings.chroma_url or self.root)
+        if state is None:
             return
         expected = self.expected_signature()
-        stored = self.manifest.signature
         diffs = [
-            f"{k}: index has {stored.get(k)!r}, settings say {v!r}"
+            f"{k}: index has {state.signature.get(k)!r}, settings say {v!r}"
             for k, v in expected.items()
-            if stored.get(k) != v
+            if state.signature.get(k) != v
         ]
         if diffs:
             raise IndexMismatchError(
@@ -141,106 +208,91 @@ class ArticleIndex:
                 "Rebuild it with `rag ingest --rebuild` (or delete the folder), or restore the old settings."
             )
 
-    @property
-    def collection(self) -> Collection:
-        """Chunk vectors: what retrieval searches."""
-        return self._open(self.settings.collection)
+    # --- catching up with other processes ------------------------------------------------------------
+    def refresh(self, *, force: bool = False) -> int:
+        """Catch up with whatever any process committed since this one last looked; cheap when nothing
+        did (one indexed read of the store; against a server, at most once per refresh interval unless
+        ``force``)."""
+        now = time.monotonic()
+        if not force and self.dense.remote and now - self._checked_at < self.settings.refresh_interval_s:
+            return self._generation
+        generation = self.store.generation()
+        self._checked_at = now
+        if generation != self._generation:
+            with self._refresh_lock:
+                if generation != self._generation:
+                    self._catch_up(generation)
+        return self._generation
 
-    @property
-    def client(self) -> ClientAPI:
-        with self._open_lock:
-            return self._client_locked()
-
-    def _client_locked(self) -> ClientAPI:
-        if self._client is None:
-            import chromadb
-            from chromadb.config import Settings as ChromaSettings
-
-            chroma_settings = ChromaSettings(anonymized_telemetry=False)
-            try:
-                self.root.mkdir(parents=True, exist_ok=True)
-                if self.settings.chroma_url:
-                    url = urlparse(self.settings.chroma_url)
-                    self._client = chromadb.HttpClient(
-                        host=url.hostname or "127.0.0.1",
-                        port=url.port or (443 if url.scheme == "https" else 8000),
-                        ssl=url.scheme == "https",
-                        settings=chroma_settings,
-                    )
-                else:
-                    self._client = chromadb.PersistentClient(
-                        path=str(self.root / "chroma"), settings=chroma_settings
-                    )
-            except Exception as exc:
-                if self.settings.chroma_url:
-                    raise RagIndexError(
-                        f"Cannot reach the Chroma server at {self.settings.chroma_url} ({exc}). Start it "
-                        "(`make chroma`) or unset RAG_CHROMA_URL to use the embedded database."
-                    ) from exc
-                if not os.access(self.root, os.W_OK) or "readonly" in str(exc).replace("-", ""):
-                    raise RagIndexError(
-                        f"The index folder {self.root} is read-only, and Chroma needs to write even to "
-                        "read it. Make it writable, or copy it to a writable folder and point "
-                        "RAG_INDEX_DIR there."
-                    ) from exc
-                raise RagIndexError(
-                    f"Cannot open the index in {self.root} ({exc.__class__.__name__}: {exc}). If the "
-                    "folder is damaged or belongs to something else, rebuild with `rag ingest --rebuild` "
-                    "or point RAG_INDEX_DIR at another folder."
-                ) from exc
-        return self._client
-
-    def _open(self, name: str) -> Collection:
-        with self._open_lock:
-            if name not in self._collections:
-                self._collections[name] = self._open_collection(name)
-            return self._collections[name]
-
-    def _open_collection(self, name: str) -> Collection:
-        signature = self.expected_signature()
-        collection = self.client.get_or_create_collection(
-            name,
-            embedding_function=None,  # never let Chroma pick (and download) a default model
-            configuration={"hnsw": {"space": "cosine"}},
-            metadata={k: v for k, v in signature.items()},
-        )
-        stored = {k: (collection.metadata or {}).get(k) for k in signature}
-        if stored != signature:
-            raise IndexMismatchError(
-                f"The Chroma collection '{name}' in {self.root} was built with "
-                f"{stored}, but settings say {signature}. Rebuild with `rag ingest --rebuild`."
+    def _catch_up(self, generation: int) -> None:
+        if self._generation < 0:
+            self.articles.forget()
+        else:
+            self.articles.forget(self.store.changed_since(self._generation))
+            self.dense.reopen()
+        self._state = self.store.state()
+        if self.dense.remote:
+            self._update_local_caches(generation)
+        if generation > 0 and not self.sparse.load(generation):
+            log.warning(
+                "BM25 in %s does not match generation %d; run `rag ingest` to repair it",
+                self.root,
+                generation,
             )
-        return collection
+        self._generation = generation
 
-    # --- reading ---------------------------------------------------------------------------------------
-    @property
-    def generation(self) -> int:
-        return self.manifest.generation if self.manifest else 0
+    def _update_local_caches(self, generation: int) -> None:
+        """Against a server, BM25 and the vector files are this machine's cache of what the server holds:
+        bring BM25 up to date now (vector files are made when first read)."""
+        if self.sparse.load(generation):
+            return
+        try:
+            with self._lock_file(wait_s=0):
+                self.sparse.update(self.store.catalog(), self.store.get, generation)
+        except IndexBusyError:
+            log.info("Another process on this machine is updating the BM25 cache in %s", self.root)
 
-    @property
-    def articles(self) -> dict[str, IndexedArticle]:
-        return self.manifest.articles if self.manifest else {}
+    def sparse_ready(self) -> bool:
+        return self.sparse.load(self.refresh())
 
+    # --- reading -----------------------------------------------------------------------------------
     def chunk_count(self) -> int:
-        return self.manifest.chunk_count if self.manifest else 0
+        self.refresh()
+        return self._state.chunk_count if self._state else 0
 
     def dense_search(self, query_vector: np.ndarray, k: int) -> list[tuple[Chunk, float]]:
-        """Nearest chunks by cosine similarity, best first."""
+        """Nearest chunks of the committed articles by cosine similarity, best first."""
         total = self.chunk_count()
         if total == 0:
             return []
-        result = self.collection.query(
-            query_embeddings=query_vector.astype(np.float32).reshape(1, -1),
-            n_results=min(k, total),
-            include=["distances"],
-        )
+        found = [
+            (parse_chunk_id(i), similarity)
+            for i, similarity in self.dense.search(query_vector, min(k, total))
+        ]
+        articles = self.articles.fetch(article_id for (article_id, _, _), _ in found)
         hits: list[tuple[Chunk, float]] = []
-        for raw_id, distance in zip(result["ids"][0], (result["distances"] or [[]])[0], strict=True):
-            article_id, index = parse_chunk_id(raw_id)
-            article = self.articles.get(article_id)
-            if article is not None and index < len(article.chunks):
-                hits.append((article.chunk(index), 1.0 - float(distance)))
+        for (article_id, short_hash, index), similarity in found:
+            article = articles.get(article_id)
+            # A chunk of a version committed after (or replaced before) the one this process knows.
+            if (
+                article is not None
+                and article.content_hash[:12] == short_hash
+                and index < len(article.chunks)
+            ):
+                hits.append((article.chunk(index), similarity))
         return hits
+
+    def sparse_search(self, query: str, k: int) -> list[tuple[Chunk, float]]:
+        ranked = self.sparse.search(query, k)
+        articles = self.articles.fetch(article_id for (article_id, _), _ in ranked)
+        return [
+            (articles[article_id].chunk(index), score)
+            for (article_id, index), score in ranked
+            if article_id in articles and index < len(articles[article_id].chunks)
+        ]
+
+    def idf(self, term: str) -> float:
+        return self.sparse.idf(term)
 
     def chunk_vectors(self, chunks: list[Chunk]) -> np.ndarray:
         """Stored embeddings of the given chunks, in order (no model call)."""
@@ -258,107 +310,177 @@ class ArticleIndex:
         rows: dict[str, list[int]] = {}
         for row, (article_id, _) in enumerate(keys):
             rows.setdefault(article_id, []).append(row)
+        articles = self.articles.fetch(rows)
         for article_id, article_rows in rows.items():
-            out[article_rows] = read(self.articles[article_id], [keys[r][1] for r in article_rows])
+            article = articles.get(article_id)
+            if article is None:
+                raise IndexChangedError(f"Article '{article_id}' was removed during the query.")
+            if self.dense.remote and not self.vectors.has(article):
+                self._embed_articles([article], stored=None, progress=False)  # this machine's cache
+            try:
+                out[article_rows] = read(article, [keys[r][1] for r in article_rows])
+            except FileNotFoundError as exc:  # a later commit replaced this version and deleted its file
+                raise IndexChangedError(f"Article '{article_id}' changed during the query.") from exc
         return out
 
-    def is_consistent(self) -> bool:
-        """Chroma holds exactly the vectors the manifest implies (cheap: ids only)."""
-        chunks = {cid for a in self.articles.values() for cid in chunk_ids(a)}
-        vector_files = {self.vectors.path(a) for a in self.articles.values()}
-        return set(self.collection.get(include=[])["ids"]) == chunks and self.vectors.files() == vector_files
+    def check(self) -> list[str]:
+        """What does not match the article store: missing or orphan chunks, vector files, BM25 rows.
+        Empty when the index is consistent (``rag check`` prints it)."""
+        catalog = self.store.catalog()
+        problems: list[str] = []
+        wanted = {cid for entry in catalog.values() for cid in chunk_ids(entry)}
+        stored = self.dense.ids()
+        if missing := wanted - stored:
+            problems.append(f"{len(missing)} chunk(s) missing from Chroma, e.g. {sorted(missing)[0]}")
+        if orphans := stored - wanted:
+            problems.append(f"{len(orphans)} orphan chunk(s) in Chroma, e.g. {sorted(orphans)[0]}")
+        files = {self.vectors.name(e.id, e.content_hash) for e in catalog.values()}
+        present = self.vectors.names()
+        if not self.dense.remote and (missing_files := files - present):
+            problems.append(f"{len(missing_files)} article vector file(s) missing")
+        if orphan_files := present - files:
+            problems.append(f"{len(orphan_files)} orphan vector file(s)")
+        live = self.sparse.live_hashes(self.store.generation())
+        if live is None:
+            problems.append("BM25 has no state for the current generation")
+        elif live != {e.id: e.content_hash for e in catalog.values()}:
+            problems.append("BM25 does not hold exactly the current articles")
+        return problems
 
-    # --- writing ---------------------------------------------------------------------------------------
+    def is_consistent(self) -> bool:
+        return not self.check()
+
+    # --- writing -----------------------------------------------------------------------------------
+    @property
+    def interrupted(self) -> list[str] | None:
+        """Paths of an ingest whose writer died before it finished, or None (also while one runs)."""
+        marker = self.root / _IN_PROGRESS
+        if not marker.exists() or self.writer_active():
+            return None
+        try:
+            return list(json.loads(marker.read_text(encoding="utf-8"))["paths"])
+        except (ValueError, KeyError, OSError):
+            return []
+
+    def writer_active(self) -> bool:
+        """Whether a live process holds the ingest lock on this index folder."""
+        try:
+            with self._lock_file(wait_s=0):
+                return False
+        except IndexBusyError:
+            return True
+        except RagIndexError:
+            return False  # a folder we cannot write to has no writer of ours
+
     @contextmanager
-    def writing(self, paths: Iterable[str]) -> Iterator[None]:
-        """Exclusive write access, with a marker that survives a crash until the write completes."""
+    def _lock_file(self, wait_s: float, on_wait: Callable[[], None] | None = None) -> Iterator[IO[str]]:
+        """The index folder's writer lock, waited for up to ``wait_s`` seconds."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            lock_file = open(self.root / _LOCK, "w")  # noqa: SIM115  (closed by the with below)
+            handle = open(self.root / _LOCK, "a")  # noqa: SIM115  (closed by the with below)
         except OSError as exc:
             raise RagIndexError(
                 f"Cannot write to the index folder {self.root} ({exc.strerror}). Check its permissions "
                 "and free space, or set RAG_INDEX_DIR to a writable folder."
             ) from exc
-        with lock_file as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                raise IndexBusyError(
-                    f"Another ingest is writing to {self.root}; try again when it has finished."
-                ) from exc
+        with handle:
+            deadline = time.monotonic() + wait_s
+            waited = False
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise IndexBusyError(
+                            f"Another ingest is writing to {self.root}; try again when it has finished."
+                        ) from None
+                    if not waited and on_wait is not None:
+                        on_wait()
+                    waited = True
+                    time.sleep(0.1)
+            yield handle
+
+    @contextmanager
+    def writing(self, paths: Iterable[str], on_wait: Callable[[], None] | None = None) -> Iterator[bool]:
+        """Exclusive write access (waiting up to ``ingest_wait_s`` for another writer), with a marker
+        that survives a crash until the write completes. Yields whether a dead writer's marker was
+        there: its ingest must be completed by comparing every store."""
+        with self._lock_file(self.settings.ingest_wait_s, on_wait), self.store.writer():
             marker = self.root / _IN_PROGRESS
+            resumed = marker.exists()
             try:
                 atomic_write(marker, json.dumps({"paths": sorted(set(paths))}))
             except OSError as exc:
                 raise RagIndexError(f"Cannot write to the index folder {self.root}: {exc}.") from exc
-            yield
+            yield resumed
             marker.unlink(missing_ok=True)
 
-    def sync(
-        self, articles: dict[str, IndexedArticle], *, only: set[str] | None = None, progress: bool = False
-    ) -> tuple[int, int]:
-        """Make Chroma, the article vector files and the manifest hold exactly ``articles``.
+    def sync(self, plan: Plan, *, full: bool, progress: bool = False) -> tuple[int, int]:
+        """Make every store hold exactly ``plan.catalog``, then commit. Call inside ``writing``.
 
-        ``only`` limits the comparison with Chroma to those article ids (what an ordinary ingest
-        changed), so re-indexing one article in a large archive does not list every vector; without it
-        every id is compared, which is how an interrupted ingest is completed. Returns how many chunks
-        were added to Chroma and how many sentence vectors were written.
+        ``full`` compares every article with every store (a first build, or completing an ingest a
+        crash interrupted); otherwise only the articles the plan touches are compared, so re-indexing
+        one article in a large archive lists no other. Returns (chunks added to Chroma, sentence vectors
+        written).
         """
-        scope = articles.values() if only is None else [a for a in articles.values() if a.id in only]
-        wanted = {cid for a in scope for cid in chunk_ids(a)}
+        import sqlite3
+
+        from chromadb.errors import ChromaError
+
         try:
-            existing, stale = self._stored_chunk_ids(wanted, only)
-            self._delete_chunks(stale)
-            stale_files = self.vectors.remove_stale(scope, only)
-            todo = [a for a in scope if not self.vectors.has(a) or not existing.issuperset(chunk_ids(a))]
-            added = self._embed_articles(todo, existing, progress)
-            unchanged = (
-                added == (0, 0)
-                and not stale
-                and not stale_files
-                and self.manifest is not None
-                and {k: (a.content_hash, a.stamp) for k, a in self.manifest.articles.items()}
-                == {k: (a.content_hash, a.stamp) for k, a in articles.items()}
-            )
-            if not unchanged:
-                manifest = Manifest(
-                    signature=self.expected_signature(), articles=articles, generation=self.generation + 1
-                )
-                atomic_write(self.root / _MANIFEST, manifest.model_dump_json())
-                self.manifest = manifest
-        except RagIndexError:
-            raise
-        except Exception as exc:  # disk full, read-only folder, a broken database: all end here
+            return self._sync(plan, full, progress)
+        except (OSError, sqlite3.Error, ChromaError) as exc:
             raise RagIndexError(
                 f"Writing the index in {self.root} failed ({exc.__class__.__name__}: {exc}). Nothing "
                 "already indexed was lost. Free disk space or fix the folder's permissions, then run "
                 "`rag ingest` again: it completes the interrupted ingest."
             ) from exc
+
+    def _sync(self, plan: Plan, full: bool, progress: bool) -> tuple[int, int]:
+        upserted = {a.id: a for a in plan.upserts}
+        scope = None if full else set(upserted) | set(plan.removals)
+        wanted_entries = [e for e in plan.catalog.values() if scope is None or e.id in scope]
+        wanted = {cid for e in wanted_entries for cid in chunk_ids(e)}
+        existing = self.dense.ids(scope)
+        todo_ids = [
+            e.id
+            for e in wanted_entries
+            if not self.vectors.has_version(e.id, e.content_hash) or not existing.issuperset(chunk_ids(e))
+        ]
+        todo = self._articles_for(todo_ids, upserted)
+        added = self._embed_articles(todo, existing & wanted, progress)
+
+        def fetch(ids: list[str]) -> dict[str, IndexedArticle]:
+            return {a.id: a for a in self._articles_for(ids, upserted)}
+
+        next_generation = self.store.generation() + 1
+        changed = bool(plan.upserts or plan.removals or added != (0, 0) or existing - wanted)
+        if changed or not self.sparse.load(self.store.generation()):
+            self.sparse.update(plan.catalog, fetch, next_generation)
+            generation = self.store.commit(plan.upserts, plan.removals, self.expected_signature())
+            if generation != next_generation:  # cannot happen under the lock; a bug if it does
+                raise RuntimeError(f"generation {generation} committed, {next_generation} expected")
+            self._generation = generation
+            self._state = self.store.state()
+            self.articles.forget([*upserted, *plan.removals])
+            self.sparse.load(generation)
+        # What the commit made stale: old versions' chunks and files, and removed articles'.
+        self.dense.delete(existing - wanted)
+        self.vectors.remove_stale({self.vectors.name(e.id, e.content_hash) for e in wanted_entries}, scope)
+        self.sparse.forget_older_than(self.generation)
         return added
 
-    def _stored_chunk_ids(self, wanted: set[str], only: set[str] | None) -> tuple[set[str], list[str]]:
-        """The chunk ids Chroma holds (those of ``only``'s articles, if given), and the unwanted ones."""
-        if only is None:
-            existing = set(self.collection.get(include=[])["ids"])
-        elif only:
-            wanted_ids: list[str | int | float | bool] = list(sorted(only))
-            article_filter: Where = {"article_id": {"$in": wanted_ids}}  # type: ignore[dict-item]
-            existing = set(self.collection.get(where=article_filter, include=[])["ids"])
-        else:
-            existing = set()
-        return existing & wanted, sorted(existing - wanted)
-
-    def _delete_chunks(self, ids: list[str]) -> None:
-        batch = self.client.get_max_batch_size()
-        for start in range(0, len(ids), batch):
-            self.collection.delete(ids=ids[start : start + batch])
+    def _articles_for(self, ids: list[str], upserted: dict[str, IndexedArticle]) -> list[IndexedArticle]:
+        known = {**self.store.get([i for i in ids if i not in upserted]), **upserted}
+        return [known[i] for i in ids if i in known]
 
     def _embed_articles(
-        self, articles: list[IndexedArticle], stored: set[str], progress: bool
+        self, articles: list[IndexedArticle], stored: set[str] | None, progress: bool
     ) -> tuple[int, int]:
-        """One model pass over the chunks of ``articles``: chunk vectors go to Chroma (those it lacks),
-        and each sentence's vector is pooled from the token states of the chunks that hold it whole.
+        """One model pass over the chunks of ``articles``: chunk vectors go to Chroma (those it lacks;
+        none when ``stored`` is None, as when a machine fills its cache from a server), and each
+        sentence's vector is pooled from the token states of the chunks that hold it whole.
 
         Reading each sentence in its passage costs no second pass over the text (ingest was twice as
         slow with one) and answered the evaluation questions as well as embedding sentences alone.
@@ -371,7 +493,8 @@ class ArticleIndex:
             texts = [a.text[s:e] for a in group for s, e in a.chunks]
             parts = [sentences_within(a, s, e) for a in group for s, e in a.chunks]
             chunk_vectors, part_vectors = self.embedder.embed_with_parts(texts, [p for p, _ in parts])
-            added += self._add_chunks(group, chunk_vectors, stored)
+            if stored is not None:
+                added += self._add_chunks(group, chunk_vectors, stored)
             sentence_vectors = self._sentence_vectors(group, [i for _, i in parts], part_vectors)
             first = 0
             for article, vectors in zip(group, sentence_vectors, strict=True):
@@ -384,27 +507,22 @@ class ArticleIndex:
 
     def _add_chunks(self, articles: list[IndexedArticle], vectors: np.ndarray, stored: set[str]) -> int:
         """Add the chunks Chroma lacks; ``vectors`` holds every chunk of ``articles``, in order."""
-        rows: list[tuple[str, IndexedArticle, int, int]] = []  # (id, article, chunk index, row in vectors)
+        ids: list[str] = []
+        rows: list[int] = []
+        documents: list[str] = []
+        metadatas: list[dict[str, Any]] = []
         row = 0
         for article in articles:
             for index, cid in enumerate(chunk_ids(article)):
                 if cid not in stored:
-                    rows.append((cid, article, index, row))
+                    start, end = article.chunks[index]
+                    ids.append(cid)
+                    rows.append(row)
+                    documents.append(article.text[start:end])
+                    metadatas.append({"article_id": article.id, "index": index, "start": start, "end": end})
                 row += 1
-        batch = self.client.get_max_batch_size()
-        for start in range(0, len(rows), batch):
-            part = rows[start : start + batch]
-            spans = [article.chunks[index] for _, article, index, _ in part]
-            self.collection.add(
-                ids=[cid for cid, *_ in part],
-                embeddings=vectors[[row for *_, row in part]],
-                documents=[article.text[s:e] for (_, article, _, _), (s, e) in zip(part, spans, strict=True)],
-                metadatas=[
-                    {"article_id": article.id, "index": index, "start": s, "end": e}
-                    for (_, article, index, _), (s, e) in zip(part, spans, strict=True)
-                ],
-            )
-        return len(rows)
+        self.dense.add(ids, vectors[rows], documents, metadatas)
+        return len(ids)
 
     def _sentence_vectors(
         self, articles: list[IndexedArticle], owners: list[list[int]], pooled: list[np.ndarray]
@@ -426,34 +544,14 @@ class ArticleIndex:
 
     def wipe(self) -> None:
         """Delete the whole index (for ``--rebuild``), and what older formats kept elsewhere."""
-        names = {self.settings.collection, f"{self.settings.collection}-sentences"}
-        for existing in self.client.list_collections():
-            if existing.name in names:
-                self.client.delete_collection(existing.name)
-        self._collections.clear()
-        self.manifest = None
-        (self.root / _MANIFEST).unlink(missing_ok=True)
-        shutil.rmtree(self.root / "bm25", ignore_errors=True)
+        self.dense.wipe()
+        self.store.wipe()
+        self.sparse.wipe()
         self.vectors.wipe()
+        (self.root / _OLD_MANIFEST).unlink(missing_ok=True)
         shutil.rmtree(self.root / "sentences", ignore_errors=True)  # format 3 kept sentence vectors there
-
-    def _read_manifest(self) -> Manifest | None:
-        path = self.root / _MANIFEST
-        if not path.exists():
-            return None
-        try:
-            manifest = Manifest.model_validate_json(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise RagIndexError(
-                f"The index manifest {path} is unreadable ({exc.__class__.__name__}). "
-                "Rebuild the index with `rag ingest --rebuild`."
-            ) from exc
-        if manifest.format != MANIFEST_FORMAT:
-            raise IndexMismatchError(
-                f"The index in {self.root} has format {manifest.format}; this version reads "
-                f"{MANIFEST_FORMAT}. Rebuild it with `rag ingest --rebuild`."
-            )
-        return manifest
+        self.articles.forget()
+        self._generation, self._state = -1, None
 
 
 def sentences_within(article: IndexedArticle, start: int, end: int) -> tuple[Spans, list[int]]:
@@ -475,13 +573,3 @@ def _groups(articles: list[IndexedArticle], chunks_per_group: int) -> Iterator[l
             group, chunks = [], 0
     if group:
         yield group
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write-then-rename, so a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

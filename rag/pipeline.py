@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -14,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from rag.answer import ExtractiveAnswerer
-from rag.articles import article_id_for, load_article, scan_articles
+from rag.article_store import CatalogEntry, text_hash
+from rag.articles import article_id_for, discover_files, file_stamp, load_article, scan_articles
 from rag.chunking import chunk_article, sentence_spans
 from rag.embeddings import Embedder
-from rag.errors import ArticleError, ArticleNotFoundError, GeneratorError, QuestionError
+from rag.errors import ArticleError, ArticleNotFoundError, GeneratorError, IndexChangedError, QuestionError
 from rag.followup import resolve_followup
 from rag.generate import GenerationRequest, make_generator
 from rag.grounding import Grounder
-from rag.index import ArticleIndex
+from rag.index import ArticleIndex, Plan, catalog_entry
 from rag.retrieve import Candidate, HybridRetriever
 from rag.settings import Settings
 from rag.types import CITATION_MARKER, Answer, Article, IndexedArticle, IngestReport, Passage, SkippedFile
@@ -39,70 +41,108 @@ class Pipeline:
         self.grounder = Grounder(self.index, self.embedder, settings)
         self.generator = make_generator(settings)
         self._ready = threading.Lock()
+        self._prepared = False
 
     # --- ingest ------------------------------------------------------------------------------------
-    def ingest(self, paths: Iterable[str | Path] | None = None, *, rebuild: bool = False) -> IngestReport:
-        """Index new and changed articles, drop deleted ones; a second run changes nothing."""
+    def ingest(
+        self,
+        paths: Iterable[str | Path] | None = None,
+        *,
+        rebuild: bool = False,
+        full: bool = False,
+        on_wait: Callable[[], None] | None = None,
+    ) -> IngestReport:
+        """Index new and changed articles, drop deleted ones; a second run changes nothing.
+
+        Another ingest holding the index is waited for (up to ``ingest_wait_s``; ``on_wait`` is told
+        once when waiting starts), and the plan is made from the state it committed, so no ingest
+        writes back a stale copy of what another one added. ``full`` compares every stored article with
+        every store (``rag check --repair``), as a first build and the completion of a crashed ingest do.
+        """
         started = time.perf_counter()
         targets = [Path(p) for p in paths] if paths is not None else [Path(self.settings.corpus_dir)]
-        # A full comparison with Chroma on a first build, a rebuild, or to finish an interrupted ingest;
-        # otherwise only the articles this ingest touches are compared.
-        full = rebuild or not self.index.exists or self.index.interrupted is not None
-        with self.index.writing(str(p) for p in targets):
+        with self.index.writing((str(p) for p in targets), on_wait) as resumed:
+            # A full comparison with every store on a first build, a rebuild, or to finish an ingest whose
+            # writer died; otherwise only the articles this ingest touches are compared.
+            full = full or rebuild or resumed or not self.index.exists
             if rebuild:
                 self.index.wipe()
             else:
                 self.index.check_compatible()
+            self.index.dense.reopen()  # see every chunk other processes wrote before changing any
+            self.index.refresh(force=True)  # and drop what they changed from this process's caches
+            catalog = self.index.store.catalog()
             report = IngestReport()
-            known = {} if rebuild else {a.source: a.stamp for a in self.index.articles.values()}
+            known = {e.source: e.stamp for e in catalog.values()}
             scan = scan_articles(targets, max_bytes=self.settings.max_file_bytes, known=known)
             report.skipped = scan.skipped
-            by_source = {a.source: a.id for a in self.index.articles.values()}
+            by_source = {e.source: e.id for e in catalog.values()}
             report.unchanged = [by_source[source] for source in scan.unchanged]
-            articles = self._plan(scan.articles, report)
-            touched = None if full else set(report.added + report.updated + report.removed)
+            plan = self._plan(catalog, scan.articles, report, targets)
             report.chunks_embedded, report.sentences_embedded = self.index.sync(
-                articles, only=touched, progress=self.settings.progress
+                plan, full=full, progress=self.settings.progress
             )
-            if report.changed or full or not self.retriever.sparse.load(self.index.generation):
-                self.retriever.sparse.update(articles, self.index.generation)
         report.seconds = round(time.perf_counter() - started, 3)
         return report
 
-    def _plan(self, loaded: list[Article], report: IngestReport) -> dict[str, IndexedArticle]:
-        """The article set after this ingest: the old one, minus gone files, plus what was loaded."""
-        current = dict(self.index.articles)
+    def _plan(
+        self,
+        catalog: dict[str, CatalogEntry],
+        loaded: list[Article],
+        report: IngestReport,
+        targets: list[Path],
+    ) -> Plan:
+        """The article set after this ingest: the committed one, minus the files under ``targets`` that
+        are gone or now refused, plus what was loaded.
+
+        Only files under the ingest's own targets can be found gone: against a shared Chroma server the
+        other machines' articles come from paths this machine does not have.
+        """
+        plan = Plan(catalog=dict(catalog))
+        current = plan.catalog
         skipped_sources = {str(Path(s.path).resolve()) for s in report.skipped}
-        for article_id, indexed in list(current.items()):
-            if not Path(indexed.source).is_file() or indexed.source in skipped_sources:
+        roots = [str(t.resolve()) for t in targets]
+        for article_id, entry in list(current.items()):
+            if not any(entry.source == root or entry.source.startswith(root + os.sep) for root in roots):
+                continue
+            if not Path(entry.source).is_file() or entry.source in skipped_sources:
                 report.removed.append(article_id)
+                plan.removals.append(article_id)
                 del current[article_id]
-        texts = {hashlib.sha256(a.text.encode()).hexdigest(): a.id for a in current.values()}
+        texts = {e.text_hash: e.id for e in current.values()}
+        touched: dict[str, str] = {}  # id -> new stamp, for files whose text did not change
         for candidate in loaded:
             article = self._unique_id(candidate, current)
             previous = current.get(article.id)
             if previous is not None and previous.content_hash == article.content_hash:
                 report.unchanged.append(article.id)
-                current[article.id] = previous.model_copy(update={"stamp": article.stamp})  # touched only
+                touched[article.id] = article.stamp
                 continue
-            digest = hashlib.sha256(article.text.encode()).hexdigest()
+            digest = text_hash(article.text)
             twin = texts.get(digest)
             if twin is not None and twin != article.id:
-                report.skipped.append(
-                    SkippedFile(path=article.source, reason=f"same text as article '{twin}'")
-                )
+                reason = f"same text as article '{twin}'"
+                report.skipped.append(SkippedFile(path=article.source, reason=reason))
                 continue
             texts[digest] = article.id
             chunks = chunk_article(article, self.settings.chunk_size, self.settings.chunk_overlap_sentences)
-            current[article.id] = IndexedArticle(
+            indexed = IndexedArticle(
                 **article.model_dump(),
                 chunks=[(c.start, c.end) for c in chunks],
                 sentences=[(s.start, s.end) for s in sentence_spans(article.text)],
             )
+            plan.upserts.append(indexed)
+            current[article.id] = catalog_entry(indexed)
             (report.updated if previous is not None else report.added).append(article.id)
-        return current
+        stale_stamps = [i for i, stamp in touched.items() if current[i].stamp != stamp]
+        for article_id, article in self.index.store.get(stale_stamps).items():  # read again only when touched
+            plan.upserts.append(article.model_copy(update={"stamp": touched[article_id]}))
+            current[article_id] = catalog_entry(plan.upserts[-1])
+        return plan
 
-    def add_files(self, files: Iterable[tuple[str | Path, str]]) -> IngestReport:
+    def add_files(
+        self, files: Iterable[tuple[str | Path, str]], on_wait: Callable[[], None] | None = None
+    ) -> IngestReport:
         """Copy files into the corpus folder and index them, so they survive a restart.
 
         ``files`` are (path of the uploaded bytes, name the user gave the file). Only the name's last
@@ -126,12 +166,12 @@ class Pipeline:
                 refused.append(SkippedFile(path=safe_name, reason=str(exc)))
                 continue
             saved.append(_copy_without_clobbering(Path(source), corpus / safe_name))
-        report = self.ingest(saved) if saved else IngestReport()
+        report = self.ingest(saved, on_wait=on_wait) if saved else IngestReport()
         report.skipped = refused + report.skipped
         return report
 
     @staticmethod
-    def _unique_id(article: Article, current: dict[str, IndexedArticle]) -> Article:
+    def _unique_id(article: Article, current: dict[str, CatalogEntry]) -> Article:
         """Two files with the same name in different folders must not overwrite each other."""
         existing = current.get(article.id)
         if existing is None or existing.source == article.source:
@@ -140,17 +180,42 @@ class Pipeline:
         return article.model_copy(update={"id": f"{article.id}-{suffix}"})
 
     def ensure_ready(self) -> None:
-        """Build the index on first use and finish an ingest that a crash interrupted."""
+        """Once per process: build the index on first use, complete an ingest whose writer died, repair
+        a damaged BM25 index, and take in files added to, changed in or deleted from the corpus folder
+        since the last ingest (a stat per file when nothing changed)."""
+        if self._prepared:
+            return
         with self._ready:
+            if self._prepared:
+                return
             interrupted = self.index.interrupted
             if interrupted is not None:
                 log.warning("Completing an interrupted ingest of %s", interrupted or "the corpus")
                 self.ingest(interrupted or None)
-            elif not self.index.exists:
+            if not self.index.exists or self.corpus_changed():
                 self.ingest()
-            else:
-                self.index.check_compatible()
-            self.index.collection  # noqa: B018  (open Chroma now, not inside the first visitor's request)
+            self.index.check_compatible()
+            if not self.index.sparse_ready():
+                log.warning("Repairing the BM25 index in %s", self.index.root)
+                self.ingest()
+            self.index.dense.collection  # noqa: B018  (open Chroma now, not inside the first visitor's request)
+            self._prepared = True
+
+    def corpus_changed(self) -> bool:
+        """Whether the corpus folder holds a file the index does not have as it is, or lacks one it has."""
+        corpus = Path(self.settings.corpus_dir)
+        known = {e.source: e.stamp for e in self.index.store.catalog().values()}
+        seen: set[str] = set()
+        for path, _ in discover_files([corpus]):
+            source = str(path.resolve())
+            seen.add(source)
+            try:
+                if known.get(source) != file_stamp(path):
+                    return True
+            except OSError:
+                return True
+        root = str(corpus.resolve()) + os.sep
+        return any(source.startswith(root) and source not in seen for source in known)
 
     # --- query -------------------------------------------------------------------------------------
     def validate(self, question: str) -> str:
@@ -189,7 +254,7 @@ class Pipeline:
         cleaned = self.validate(question)
         self.ensure_ready()
         search_query, failure = self._standalone(cleaned, history)
-        draft = self._draft(cleaned, search_query)
+        draft = self._draft_on_committed_state(cleaned, search_query)
         if not draft.found or failure is not None:
             yield draft.text
             yield draft.model_copy(update={"notice": failure}) if failure else draft
@@ -213,6 +278,16 @@ class Pipeline:
         except GeneratorError as exc:
             return resolve_followup(question, history), _fallback_notice(str(exc))
         return condensed or resolve_followup(question, history), None
+
+    def _draft_on_committed_state(self, question: str, search_query: str) -> Answer:
+        """The draft, read from the latest committed state; retried once if an ingest committed while it
+        was being read and deleted something it needed (the retry reads the new state)."""
+        self.index.refresh()
+        try:
+            return self._draft(question, search_query)
+        except IndexChangedError:
+            self.index.refresh()
+            return self._draft(question, search_query)
 
     def _draft(self, question: str, search_query: str) -> Answer:
         """The extractive answer: whether the articles answer at all, and the fallback for any generator."""
@@ -254,6 +329,7 @@ class Pipeline:
 
     def article(self, article_id: str) -> IndexedArticle:
         self.ensure_ready()
+        self.index.refresh()
         try:
             return self.index.articles[article_id]
         except KeyError:
@@ -261,7 +337,8 @@ class Pipeline:
 
     def articles(self) -> list[IndexedArticle]:
         self.ensure_ready()
-        return list(self.index.articles.values())
+        self.index.refresh()
+        return list(self.index.store.get(self.index.store.catalog()).values())
 
 
 def _fallback_notice(why: str) -> str:

@@ -8,7 +8,6 @@ between the two, which matters because their scores live on unrelated scales.
 from __future__ import annotations
 
 import re
-import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rag.settings import Settings
-from rag.sparse import SparseIndex, tokenize
+from rag.sparse import tokenize
 from rag.types import Chunk
 
 if TYPE_CHECKING:
@@ -55,18 +54,6 @@ class HybridRetriever:
         self.index = index
         self.embedder = embedder
         self.settings = settings
-        self.sparse = SparseIndex(index.root)
-        self._lock = threading.Lock()
-
-    def sparse_index(self) -> SparseIndex:
-        """The persisted BM25 index for the current manifest; rebuilt here only if it is missing or
-        stale (an ingest that died between writing the manifest and saving BM25)."""
-        with self._lock:
-            generation = self.index.generation
-            if not self.sparse.load(generation):
-                self.sparse.update(self.index.articles, generation)
-                self.sparse.load(generation)
-            return self.sparse
 
     def coverage(self, query: str, texts: list[str]) -> float:
         """IDF-weighted share of the query's terms that occur in the texts (0..1).
@@ -78,20 +65,15 @@ class HybridRetriever:
         if not terms:
             return 0.0
         present = set(tokenize([" ".join(texts)])[0])
-        sparse = self.sparse_index()
-        weights = {t: sparse.idf(t) for t in terms}
+        weights = {t: self.index.idf(t) for t in terms}
         return sum(w for t, w in weights.items() if t in present) / sum(weights.values())
 
     def sparse_search(self, query: str, k: int) -> list[tuple[Chunk, float]]:
-        articles = self.index.articles
-        return [
-            (articles[article_id].chunk(index), score)
-            for (article_id, index), score in self.sparse_index().search(query, k)
-            if article_id in articles and index < len(articles[article_id].chunks)
-        ]
+        return self.index.sparse_search(query, k)
 
     def search(self, query: str, limit: int | None = None) -> list[Candidate]:
         """Up to ``limit`` (default: settings.top_k) fused, de-duplicated candidates, best first."""
+        self.index.refresh()  # read the latest committed state, whoever committed it
         k = self.settings.candidates
         query_vector = self.embedder.embed_query(query)
         pool: dict[tuple[str, int], Candidate] = {}

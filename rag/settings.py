@@ -27,12 +27,15 @@ class Settings(BaseSettings):
 
     # --- where things live -------------------------------------------------------------------------
     corpus_dir: Path = Field(Path("corpus"), description="Folder of articles (.txt, .md, .html) to index.")
-    index_dir: Path = Field(Path(".rag_index"), description="Folder holding the Chroma index and manifest.")
+    index_dir: Path = Field(
+        Path(".rag_index"), description="Folder holding the index: articles, Chroma, BM25, vectors."
+    )
     collection: str = Field("articles", description="Chroma collection name.")
     chroma_url: str | None = Field(
         None,
         description="A Chroma server (e.g. http://127.0.0.1:8000) instead of the embedded database in "
-        "index_dir; the manifest and BM25 index stay in index_dir.",
+        "index_dir. The server then holds everything shared (articles and chunk vectors); index_dir keeps "
+        "only this machine's caches (BM25, sentence vectors), rebuilt from the server when needed.",
     )
 
     # --- embeddings ----------------------------------------------------------------------------------
@@ -135,6 +138,19 @@ class Settings(BaseSettings):
 
     # --- ingest --------------------------------------------------------------------------------------
     max_file_bytes: int = Field(5_000_000, ge=1, description="Larger files are refused at ingest.")
+    # An ingest (CLI or upload) that finds another one writing waits its turn this long, then says the
+    # index is busy. Long enough for an upload queued behind a CLI ingest of a few hundred articles.
+    ingest_wait_s: float = Field(600.0, ge=0)
+    # Against a Chroma server, a writer's lease; renewed every third of it while the ingest runs, so a
+    # writer that dies holds up the next one for at most this long.
+    ingest_lease_s: float = Field(30.0, gt=0)
+    # Against a Chroma server, how often a process asks whether another one committed an ingest (the
+    # embedded store is asked before every query: a local read of a few microseconds). A second keeps
+    # the promise that every process sees every ingest within 2 s.
+    refresh_interval_s: float = Field(1.0, ge=0)
+    # Articles kept in memory per process. A query reads the ~10 it retrieved; the rest stay on disk,
+    # so start-up reads none of a 30,000-article archive.
+    article_cache_size: int = Field(512, ge=16)
     progress: bool = Field(True, description="Show progress bars during ingest.")
 
     # --- web chat ------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The BM25 side index: persisted next to the manifest, updated at ingest by what changed, never
-rebuilt per query or start.
+"""Stage 3d: the BM25 side index: in the index folder, updated by each ingest by what changed, never
+rebuilt by a query.
 
 bm25s precomputes every (term, chunk) score, and a score depends on the collection's document
 frequencies and average length, so any change rebuilt its whole matrix: O(archive) per ingest (0.85 s
@@ -9,6 +9,10 @@ ingest adjusts by the articles it adds and removes. An ingest writes one new seg
 changed articles and marks the old versions dead; when segments pile up, the small ones are merged.
 The scores are those of bm25s (Lucene's variant, k1 = 1.5, b = 0.75): tests/test_index.py compares
 them. A query reads the segments memory-mapped and scores only the chunks that hold a query term.
+
+The state is saved once per generation of the article store (``state-<generation>.json``), before the
+ingest commits. The previous generation's state and its segments are kept until the next ingest, so a
+process that has not yet caught up with the commit still reads a whole, consistent index.
 """
 
 from __future__ import annotations
@@ -19,15 +23,19 @@ import math
 import re
 import shutil
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rag.index import atomic_write
+from rag.atomic import atomic_write
 from rag.types import IndexedArticle
+
+if TYPE_CHECKING:
+    from rag.article_store import CatalogEntry
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +80,10 @@ _K1 = 1.5
 _B = 0.75
 # Merge the smaller segments into one when there are more than this many (each query visits them all).
 _MAX_SEGMENTS = 8
-_STATE = "state.json"
+_STATE = "state-{:010d}.json"
+_STATE_GLOB = "state-*.json"
+# States kept: the one just committed and the one before it, for processes that have not caught up yet.
+_STATES_KEPT = 2
 
 
 @dataclass
@@ -145,7 +156,7 @@ class State:
     docs: int = 0
     length: float = 0.0
 
-    def add(self, article: IndexedArticle, segment: str, row: int, docs: list[Counter[str]]) -> None:
+    def add(self, article: CatalogEntry, segment: str, row: int, docs: list[Counter[str]]) -> None:
         self.live[article.id] = {
             "hash": article.content_hash,
             "segment": segment,
@@ -178,61 +189,101 @@ class SparseIndex:
         self.generation = -1
 
     # --- updating (at ingest) --------------------------------------------------------------------
-    def update(self, articles: dict[str, IndexedArticle], generation: int) -> None:
-        """Make the index hold exactly ``articles``: tokenise and add new and changed ones, retire the
-        versions they replace and the deleted ones, merge small segments, then save the state.
+    def update(
+        self,
+        catalog: Mapping[str, CatalogEntry],
+        fetch: Callable[[list[str]], dict[str, IndexedArticle]],
+        generation: int,
+    ) -> None:
+        """Make the index hold exactly the articles of ``catalog``: tokenise new and changed ones (read
+        with ``fetch``), retire the versions they replace and the deleted ones, merge small segments,
+        then save the state as ``generation``'s.
 
-        A missing or damaged index (or one from an older version) is built afresh from ``articles``.
+        A missing or damaged index (or one from an older version) is built afresh.
         """
         try:
-            self._update(articles, generation, self._read_state())
+            self._update(catalog, fetch, generation, self._read_state(self._newest_generation()))
         except (OSError, ValueError, KeyError) as exc:
             log.warning("Rebuilding the BM25 index in %s (%s: %s)", self.folder, type(exc).__name__, exc)
-            self._update(articles, generation, None)
+            self._update(catalog, fetch, generation, None)
         self.generation = -1
 
-    def _update(self, articles: dict[str, IndexedArticle], generation: int, state: State | None) -> None:
+    def _update(
+        self,
+        catalog: Mapping[str, CatalogEntry],
+        fetch: Callable[[list[str]], dict[str, IndexedArticle]],
+        generation: int,
+        state: State | None,
+    ) -> None:
         if state is None:
             shutil.rmtree(self.folder, ignore_errors=True)
             state = State()
         self.folder.mkdir(parents=True, exist_ok=True)
         # Each is opened: a missing or unreadable segment raises here, and the index is rebuilt.
         segments = {name: Segment.read(self.folder / name) for name in state.segments}
-        stale = [
-            a for a, e in state.live.items() if a not in articles or articles[a].content_hash != e["hash"]
-        ]
+        stale = [a for a, e in state.live.items() if a not in catalog or catalog[a].content_hash != e["hash"]]
         for article_id in stale:
             self._retire(state, segments, article_id)
-        fresh = [a for a in articles.values() if a.id not in state.live]
-        if fresh:
+        fresh_ids = [a for a in catalog if a not in state.live]
+        if fresh_ids:
+            loaded = fetch(fresh_ids)
+            fresh = [loaded[a] for a in fresh_ids]
             docs = [Counter(tokens) for tokens in tokenize([c.text for a in fresh for c in a.iter_chunks()])]
-            self._add_segment(state, fresh, docs, segments)
-        self._merge_small_segments(state, articles, segments)
+            self._add_segment(state, [catalog[a] for a in fresh_ids], docs, segments)
+        self._merge_small_segments(state, catalog, segments)
         in_use = {entry["segment"] for entry in state.live.values()}
         state.segments = [name for name in state.segments if name in in_use]
         state.generation = generation
-        atomic_write(self.folder / _STATE, json.dumps(vars(state)))
-        for path in self.folder.iterdir():  # replaced segments, and any a crash left half-written
-            if path.is_dir() and path.name not in state.segments:
+        atomic_write(self.folder / _STATE.format(generation), json.dumps(vars(state)))
+
+    def forget_older_than(self, generation: int) -> None:
+        """Delete the states before the previous generation's, and every segment no kept state uses
+        (replaced ones, and any a crash left half-written)."""
+        if not self.folder.exists():
+            return
+        states = sorted(self.folder.glob(_STATE_GLOB))
+        kept = [p for p in states if _generation_of(p) <= generation][-_STATES_KEPT:]
+        for path in states:
+            if path not in kept and _generation_of(path) < generation:
+                path.unlink(missing_ok=True)
+        in_use = {name for p in self.folder.glob(_STATE_GLOB) for name in self._segments_of(p)}
+        for path in self.folder.iterdir():
+            if path.is_dir() and path.name not in in_use:
                 shutil.rmtree(path, ignore_errors=True)
+
+    @staticmethod
+    def _segments_of(path: Path) -> list[str]:
+        try:
+            return list(json.loads(path.read_text(encoding="utf-8"))["segments"])
+        except (OSError, ValueError, KeyError):
+            return []
+
+    def wipe(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.state, self.segments, self.generation = State(), [], -1
+
+    def live_hashes(self, generation: int) -> dict[str, str] | None:
+        """Article id -> content hash of what ``generation``'s state indexes (None: no such state)."""
+        state = self._read_state(generation)
+        return None if state is None else {a: e["hash"] for a, e in state.live.items()}
 
     def _add_segment(
         self,
         state: State,
-        articles: list[IndexedArticle],
+        articles: list[CatalogEntry],
         docs: list[Counter[str]],
         segments: dict[str, Segment],
     ) -> None:
         name = f"segment-{state.next_segment:06d}"
         state.next_segment += 1
-        keys = [(a.id, i) for a in articles for i in range(len(a.chunks))]
+        keys = [(a.id, i) for a in articles for i in range(a.chunks)]
         Segment.write(self.folder / name, keys, docs)
         segments[name] = Segment.read(self.folder / name)
         state.segments.append(name)
         row = 0
         for article in articles:
-            state.add(article, name, row, docs[row : row + len(article.chunks)])
-            row += len(article.chunks)
+            state.add(article, name, row, docs[row : row + article.chunks])
+            row += article.chunks
 
     @staticmethod
     def _retire(state: State, segments: dict[str, Segment], article_id: str) -> list[Counter[str]]:
@@ -243,7 +294,7 @@ class SparseIndex:
         return docs
 
     def _merge_small_segments(
-        self, state: State, articles: dict[str, IndexedArticle], segments: dict[str, Segment]
+        self, state: State, articles: Mapping[str, CatalogEntry], segments: dict[str, Segment]
     ) -> None:
         """Past ``_MAX_SEGMENTS``, every segment but the largest becomes one; the largest joins them when
         most of its rows are dead. Each chunk is rewritten only when its segment is merged, so the
@@ -263,11 +314,11 @@ class SparseIndex:
 
     # --- reading (at query time) -----------------------------------------------------------------
     def load(self, generation: int) -> bool:
-        """Open the saved index; False when it is missing or older than the manifest."""
+        """Open the state saved for ``generation``; False when there is none (or it is damaged)."""
         if self.generation == generation:
             return True
-        state = self._read_state()
-        if state is None or state.generation != generation:
+        state = self._read_state(generation)
+        if state is None:
             return False
         try:
             segments = [Segment.read(self.folder / name) for name in state.segments]
@@ -315,9 +366,17 @@ class SparseIndex:
         """Inverse document frequency over chunks; a term no chunk contains weighs the most."""
         return math.log((self.state.docs + 1) / (self.state.frequency.get(term, 0) + 0.5))
 
-    def _read_state(self) -> State | None:
-        path = self.folder / _STATE
+    def _newest_generation(self) -> int:
+        states = sorted(self.folder.glob(_STATE_GLOB)) if self.folder.exists() else []
+        return _generation_of(states[-1]) if states else -1
+
+    def _read_state(self, generation: int) -> State | None:
+        path = self.folder / _STATE.format(generation)
         try:
             return State(**json.loads(path.read_text(encoding="utf-8"))) if path.exists() else None
-        except (ValueError, TypeError):
+        except (OSError, ValueError, TypeError):
             return None
+
+
+def _generation_of(path: Path) -> int:
+    return int(path.stem.split("-", 1)[1])

@@ -50,7 +50,7 @@ def test_flags_override_environment(tmp_path: Path, corpus_dir: Path) -> None:
     env = {**os.environ, "RAG_INDEX_DIR": str(tmp_path / "unused"), "COLUMNS": "200"}
     result = rag("--corpus-dir", str(corpus_dir), "--index-dir", str(tmp_path / "flagged"), "ingest", env=env)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "flagged" / "manifest.json").exists()
+    assert (tmp_path / "flagged" / "articles.db").exists()
     assert not (tmp_path / "unused").exists()
 
 

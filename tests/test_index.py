@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,10 @@ from tests.conftest import make_settings
 
 
 def chroma_ids(pipeline: Pipeline) -> set[str]:
-    return set(pipeline.index.collection.get(include=[])["ids"])
+    return set(pipeline.index.dense.collection.get(include=[])["ids"])
 
 
-def manifest_ids(pipeline: Pipeline) -> set[str]:
+def stored_article_chunk_ids(pipeline: Pipeline) -> set[str]:
     return {cid for a in pipeline.index.articles.values() for cid in chunk_ids(a)}
 
 
@@ -28,9 +29,9 @@ def test_ingest_indexes_every_chunk_once_with_exact_offsets(fresh_pipeline: Pipe
     assert len(report.added) == 5 and not report.skipped
     assert report.chunks_embedded == fresh_pipeline.index.chunk_count() > 50
     assert report.sentences_embedded == sum(len(a.sentences) for a in fresh_pipeline.index.articles.values())
-    assert chroma_ids(fresh_pipeline) == manifest_ids(fresh_pipeline)
+    assert chroma_ids(fresh_pipeline) == stored_article_chunk_ids(fresh_pipeline)
     assert fresh_pipeline.index.is_consistent()
-    stored = fresh_pipeline.index.collection.get(include=["documents", "metadatas"])
+    stored = fresh_pipeline.index.dense.collection.get(include=["documents", "metadatas"])
     for document, meta in zip(stored["documents"], stored["metadatas"], strict=True):
         article = fresh_pipeline.index.articles[meta["article_id"]]
         assert article.text[meta["start"] : meta["end"]] == document
@@ -46,7 +47,7 @@ def test_ingest_indexes_every_chunk_once_with_exact_offsets(fresh_pipeline: Pipe
         assert np.diag(similarity).mean() > np.diag(similarity, -1).mean() + 0.15
     # Chunk vectors are read back from the article files for diversification: the very ones Chroma holds.
     chunks = [chunk for article in fresh_pipeline.index.articles.values() for chunk in article.iter_chunks()]
-    stored_chunks = fresh_pipeline.index.collection.get(
+    stored_chunks = fresh_pipeline.index.dense.collection.get(
         ids=[c for article in fresh_pipeline.index.articles.values() for c in chunk_ids(article)],
         include=["embeddings"],
     )
@@ -125,7 +126,7 @@ def test_other_chunking_settings_fail_with_a_rebuild_hint(fresh_pipeline: Pipeli
         other.ensure_ready()
     report = other.ingest(rebuild=True)
     assert len(report.added) == 5
-    assert chroma_ids(other) == manifest_ids(other)
+    assert chroma_ids(other) == stored_article_chunk_ids(other)
 
 
 def test_other_embedding_model_is_refused(fresh_pipeline: Pipeline, tmp_path: Path) -> None:
@@ -143,7 +144,7 @@ def test_interrupted_ingest_is_completed_on_next_use(fresh_pipeline: Pipeline) -
     index = fresh_pipeline.index
     victim = next(iter(index.articles.values()))
     # What a crash mid-write leaves: some chunks gone from Chroma, the in-progress marker still there.
-    index.collection.delete(ids=chunk_ids(victim)[1:])
+    index.dense.collection.delete(ids=chunk_ids(victim)[1:])
     index.vectors.path(victim).unlink()
     (index.root / "ingest-in-progress.json").write_text(json.dumps({"paths": []}))
     reopened = Pipeline(fresh_pipeline.settings)
@@ -154,9 +155,13 @@ def test_interrupted_ingest_is_completed_on_next_use(fresh_pipeline: Pipeline) -
     assert reopened.index.is_consistent()
 
 
-def test_concurrent_ingest_is_refused_while_one_runs(fresh_pipeline: Pipeline) -> None:
+def test_a_second_ingest_waits_its_turn_then_says_the_index_is_busy(fresh_pipeline: Pipeline) -> None:
+    impatient = Pipeline(fresh_pipeline.settings.model_copy(update={"ingest_wait_s": 0.5}))
+    waited: list[bool] = []
+    started = time.monotonic()
     with fresh_pipeline.index.writing(["x"]), pytest.raises(IndexBusyError, match="Another ingest"):
-        Pipeline(fresh_pipeline.settings).ingest()
+        impatient.ingest(on_wait=lambda: waited.append(True))
+    assert waited == [True] and time.monotonic() - started >= 0.5
 
 
 def test_query_on_a_fresh_checkout_builds_the_index(fresh_pipeline: Pipeline) -> None:
@@ -166,21 +171,25 @@ def test_query_on_a_fresh_checkout_builds_the_index(fresh_pipeline: Pipeline) ->
 
 
 def test_chroma_never_runs_its_default_embedding_model(shipped: Pipeline) -> None:
-    configuration = shipped.index.collection.configuration
+    configuration = shipped.index.dense.collection.configuration
     assert configuration.get("embedding_function") is None
     assert not (Path.home() / ".cache" / "chroma" / "onnx_models").exists()
 
 
+def bm25_state(pipeline: Pipeline, generation: int) -> Path:
+    return Path(pipeline.settings.index_dir) / "bm25" / f"state-{generation:010d}.json"
+
+
 def test_bm25_is_saved_at_ingest_and_only_loaded_at_start(fresh_pipeline: Pipeline, corpus_dir: Path) -> None:
     fresh_pipeline.ingest()
-    saved = Path(fresh_pipeline.settings.index_dir) / "bm25" / "state.json"
     generation = fresh_pipeline.index.generation
+    saved = bm25_state(fresh_pipeline, generation)
     assert json.loads(saved.read_text())["generation"] == generation
     stamp = saved.stat().st_mtime_ns
 
     restarted = Pipeline(fresh_pipeline.settings)
     assert restarted.query("Which news agency reported the interview?").found
-    assert restarted.retriever.sparse.generation == generation
+    assert restarted.index.sparse.generation == generation
     assert saved.stat().st_mtime_ns == stamp  # loaded, not rebuilt
 
     assert not restarted.ingest().changed
@@ -188,8 +197,12 @@ def test_bm25_is_saved_at_ingest_and_only_loaded_at_start(fresh_pipeline: Pipeli
     first = sorted(corpus_dir.glob("*.txt"))[0]
     first.write_text(first.read_text() + "\nThe Holmenkollen venue was mentioned once.\n")
     restarted.ingest()
-    assert json.loads(saved.read_text())["generation"] == generation + 1
+    assert json.loads(bm25_state(restarted, generation + 1).read_text())["generation"] == generation + 1
+    assert saved.exists()  # the previous generation's state stays for processes not caught up yet
     assert restarted.retriever.sparse_search("Holmenkollen venue", 3)[0][0].article_id == first.stem
+    first.write_text(first.read_text() + "\nAnother line.\n")
+    restarted.ingest()
+    assert not saved.exists() and bm25_state(restarted, generation + 1).exists()
 
 
 def test_bm25_tokens_are_those_bm25s_would_make() -> None:
@@ -224,7 +237,7 @@ def bm25s_ranking(pipeline: Pipeline, question: str, k: int) -> list[tuple[tuple
 
 def assert_same_bm25(pipeline: Pipeline, questions: list[str]) -> None:
     for question in questions:
-        ours = pipeline.retriever.sparse_index().search(question, 10)
+        ours = pipeline.index.sparse.search(question, 10)
         theirs = bm25s_ranking(pipeline, question, 10)
         assert [key for key, _ in ours][:5] == [key for key, _ in theirs][:5], question
         assert np.allclose([s for _, s in ours], [s for _, s in theirs], rtol=1e-4), question
@@ -240,7 +253,7 @@ def test_bm25_updated_in_place_scores_as_bm25s_rebuilt_from_scratch(
     ]
     fresh_pipeline.ingest()
     assert_same_bm25(fresh_pipeline, questions)
-    sparse = fresh_pipeline.retriever.sparse
+    sparse = fresh_pipeline.index.sparse
     files = sorted(corpus_dir.glob("*.txt"))
     # Each ingest adds a segment for the changed article and retires its old rows; past the limit the
     # small segments are merged. Scores must stay those of a full rebuild throughout.
@@ -257,7 +270,7 @@ def test_bm25_updated_in_place_scores_as_bm25s_rebuilt_from_scratch(
     assert folders == set(sparse.state.segments)  # replaced segments are deleted
 
 
-def test_a_damaged_bm25_index_is_rebuilt_from_the_manifest(fresh_pipeline: Pipeline) -> None:
+def test_a_damaged_bm25_index_is_rebuilt_from_the_article_store_at_start(fresh_pipeline: Pipeline) -> None:
     fresh_pipeline.ingest()
     folder = Path(fresh_pipeline.settings.index_dir) / "bm25"
     segments = [path for path in folder.iterdir() if path.is_dir()]
@@ -267,4 +280,5 @@ def test_a_damaged_bm25_index_is_rebuilt_from_the_manifest(fresh_pipeline: Pipel
     restarted = Pipeline(fresh_pipeline.settings)
     assert restarted.query("Which news agency reported the interview?").found
     assert_same_bm25(restarted, ["Which news agency reported the interview?"])
-    assert all((folder / name).is_dir() for name in restarted.retriever.sparse.state.segments)
+    assert all((folder / name).is_dir() for name in restarted.index.sparse.state.segments)
+    assert restarted.index.is_consistent()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from evals.synth import write_distractor_corpus
+from rag.article_store import STORE_FORMAT, SqliteArticleStore
 from rag.errors import IndexMismatchError, QuestionError, RagIndexError
-from rag.index import MANIFEST_FORMAT
 from rag.pipeline import Pipeline
 from tests.conftest import CORPUS, make_settings
 
@@ -91,9 +91,12 @@ def test_upload_names_cannot_escape_the_corpus_folder(fresh_pipeline: Pipeline, 
     assert "escape" in report.added
 
 
-def test_a_damaged_manifest_names_the_fix(fresh_pipeline: Pipeline) -> None:
+def test_a_damaged_article_store_names_the_fix(fresh_pipeline: Pipeline) -> None:
     fresh_pipeline.ingest()
-    (Path(fresh_pipeline.settings.index_dir) / "manifest.json").write_text("{ not json")
+    index = Path(fresh_pipeline.settings.index_dir)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{index / 'articles.db'}{suffix}").unlink(missing_ok=True)
+    (index / "articles.db").write_bytes(b"not a database" * 100)
     with pytest.raises(RagIndexError, match="rag ingest --rebuild"):
         Pipeline(fresh_pipeline.settings).query("Who is Serbia's foreign minister?")
     assert len(Pipeline(fresh_pipeline.settings).ingest(rebuild=True).added) == 5
@@ -102,9 +105,10 @@ def test_a_damaged_manifest_names_the_fix(fresh_pipeline: Pipeline) -> None:
 
 def test_an_index_from_an_older_version_names_the_fix(fresh_pipeline: Pipeline) -> None:
     fresh_pipeline.ingest()
-    manifest_path = Path(fresh_pipeline.settings.index_dir) / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest_path.write_text(json.dumps({**manifest, "format": MANIFEST_FORMAT - 1}))
+    database = sqlite3.connect(Path(fresh_pipeline.settings.index_dir) / "articles.db")
+    with database:
+        database.execute("UPDATE meta SET value = ? WHERE key = 'format'", (str(STORE_FORMAT - 1),))
+    database.close()
     with pytest.raises(IndexMismatchError, match=r"has format \d+.*rag ingest --rebuild"):
         Pipeline(fresh_pipeline.settings).query("Who is Serbia's foreign minister?")
     assert len(Pipeline(fresh_pipeline.settings).ingest(rebuild=True).added) == 5
@@ -128,7 +132,7 @@ def test_killed_mid_ingest_the_next_start_completes_it_exactly_once(tmp_path: Pa
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert marker.exists() and not (index / "manifest.json").exists()
+    assert marker.exists() and SqliteArticleStore(index, busy_timeout_s=1).state() is None  # no commit yet
 
     pipeline = Pipeline(make_settings(tmp_path))
     assert pipeline.index.interrupted is not None
