@@ -292,7 +292,7 @@ def build_app() -> gr.Blocks:
             trigger(respond, *turn_io, api_visibility="private")
         clear.click(new_conversation, None, [chatbot, plain, cited, box, sources], api_visibility="private")
         sources.cite(show_source, cited, sources, api_visibility="private").then(None, js=_SCROLL_TO_QUOTE)
-        add.click(upload, files, [status, library], api_visibility="private")
+        add.click(upload, files, [status, library], api_name="upload")  # scripts may add articles too
 
         api_question, api_history, api_answer = (
             gr.Textbox(visible=False),

@@ -291,6 +291,7 @@ def measure(articles: dict[str, IndexedArticle], work: Path) -> dict[str, Any]:
         "fts5-ourtokens": ("fts5-ourtokens", lambda q: mine.search(tokenize([q])[0], K)),
     }
 
+    tokenize([WARM_UP])  # load the stemmer and the stop words outside the timed builds
     built = {name: timed(partial(index.build, articles)) for name, index in indexes.items()}
     sizes = {name: index.size() for name, index in indexes.items()}
     ours_df = dict(ours.index.state.frequency)
@@ -333,7 +334,9 @@ def measure(articles: dict[str, IndexedArticle], work: Path) -> dict[str, Any]:
     for name, (index_name, _) in searchers.items():
         hits = [hit(found, q) for found, q in zip(top[name], questions, strict=True)]
         ours_hits = [hit(found, q) for found, q in zip(top["ours"], questions, strict=True)]
-        overlaps = [len(set(a) & set(b)) / K for a, b in zip(top[name], top["ours"], strict=True)]
+        overlaps = [
+            len(set(a) & set(b)) / max(len(a), len(b), 1) for a, b in zip(top[name], top["ours"], strict=True)
+        ]
         results[name] = {
             "index": index_name,
             "hit_at_5": round(sum(hits) / len(hits), 3),
