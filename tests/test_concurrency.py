@@ -3,6 +3,7 @@ no interleaving loses or duplicates an article. Real processes, the real model, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -169,3 +170,86 @@ def test_two_app_processes_share_one_chroma_server_and_nothing_else(tmp_path: Pa
         # Nothing but the server is shared: the second folder holds only its own caches.
         assert not (tmp_path / "second" / "index" / "articles.db").exists()
         assert not (tmp_path / "first" / "index" / "chroma").exists()
+
+
+def serve(corpus: Path, index: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`rag serve` on a free loopback port, as a handle this test may kill."""
+    import httpx
+
+    from evals.serving import free_loopback_port
+
+    port = free_loopback_port()
+    env = env_for(corpus, index, GRADIO_SERVER_PORT=str(port))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rag", "serve"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}/"
+
+    def up() -> bool:
+        assert proc.poll() is None, log.read_text()
+        try:
+            return httpx.get(url, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, 180, "rag serve to start")
+    return proc, url
+
+
+def test_a_server_killed_during_an_upload_is_repaired_and_readers_never_notice(tmp_path: Path) -> None:
+    """SIGKILL of the app while it indexes an upload, at two moments, with a reader process asking
+    throughout: the reader never fails, and the next start indexes every uploaded file exactly once."""
+    import threading
+
+    from gradio_client import Client, handle_file
+
+    corpus, index = tmp_path / "corpus", tmp_path / "index"
+    shutil.copytree(CORPUS, corpus)
+    assert rag_cli(env_for(corpus, index), "ingest").returncode == 0
+    log, stop = tmp_path / "asker.jsonl", tmp_path / "stop"
+    asker = subprocess.Popen(
+        [sys.executable, "-c", ASKER, str(log), str(stop), STEADY_QUESTION], env=env_for(corpus, index)
+    )
+    uploaded: list[Path] = []
+    try:
+        wait_for(lambda: log.exists() and "ready" in log.read_text(), 120, "the reader to start")
+        for round_, delay in enumerate((0.0, 2.0)):
+            batch = write_distractor_corpus(CORPUS, tmp_path / f"upload-{round_}", 40, seed=round_ + 101)
+            uploaded += batch
+            proc, url = serve(corpus, index, tmp_path / f"serve-{round_}.log")
+            client = Client(url, verbose=False)
+            sender = threading.Thread(
+                target=lambda c=client, b=batch: _ignore_errors(
+                    lambda: c.predict([handle_file(str(f)) for f in b], api_name="/upload")
+                ),
+                daemon=True,
+            )
+            sender.start()
+            marker = index / "ingest-in-progress.json"
+            wait_for(marker.exists, 120, "the upload's ingest to start")
+            time.sleep(delay)
+            proc.kill()
+            proc.wait(timeout=30)
+            sender.join(timeout=60)
+            assert marker.exists(), "the ingest finished before it could be interrupted"
+    finally:
+        stop.touch()
+        asker.wait(timeout=60)
+
+    entries = [e for e in read_log(log) if "question" in e]
+    assert entries and not [e for e in entries if "error" in e]
+    assert all(STEADY_FACT in e["text"] for e in entries)
+
+    pipeline = Pipeline(make_settings(tmp_path))
+    assert STEADY_FACT in pipeline.query(STEADY_QUESTION).text  # the next use completes the ingests
+    assert pipeline.index.interrupted is None
+    assert pipeline.index.check() == []
+    catalog = pipeline.index.store.catalog()
+    assert len(catalog) == 5 + len(uploaded)
+    assert {Path(e.source).name for e in catalog.values()} >= {f.name for f in uploaded}
+
+
+def _ignore_errors(call: Callable[[], object]) -> None:
+    """The upload's request dies with the server it was sent to; that is the point of the test."""
+    with contextlib.suppress(Exception):
+        call()
