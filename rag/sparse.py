@@ -17,6 +17,7 @@ process that has not yet caught up with the commit still reads a whole, consiste
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -187,6 +188,25 @@ class SparseIndex:
         self.state = State()
         self.segments: list[Segment] = []
         self.generation = -1
+        # Segments never change once written, so each is read once per process, however many
+        # generations use it: catching up with a one-article ingest reads only that ingest's segment.
+        self._opened: dict[str, Segment] = {}
+
+    def _segment(self, name: str) -> Segment:
+        if name not in self._opened:
+            self._opened[name] = Segment.read(self.folder / name)
+        return self._opened[name]
+
+    def _install(self, state: State, generation: int) -> None:
+        """Make ``state`` the one searched: its segments, each with the rows it holds alive."""
+        segments = [dataclasses.replace(self._segment(name)) for name in state.segments]
+        by_name = {s.name: s for s in segments}
+        for segment in segments:
+            segment.alive = np.zeros(len(segment.keys), dtype=bool)
+        for entry in state.live.values():
+            by_name[entry["segment"]].alive[entry["row"] : entry["row"] + entry["rows"]] = True
+        self._opened = {name: self._opened[name] for name in state.segments}
+        self.state, self.segments, self.generation = state, segments, generation
 
     # --- updating (at ingest) --------------------------------------------------------------------
     def update(
@@ -206,7 +226,6 @@ class SparseIndex:
         except (OSError, ValueError, KeyError) as exc:
             log.warning("Rebuilding the BM25 index in %s (%s: %s)", self.folder, type(exc).__name__, exc)
             self._update(catalog, fetch, generation, None)
-        self.generation = -1
 
     def _update(
         self,
@@ -217,10 +236,11 @@ class SparseIndex:
     ) -> None:
         if state is None:
             shutil.rmtree(self.folder, ignore_errors=True)
+            self._opened.clear()
             state = State()
         self.folder.mkdir(parents=True, exist_ok=True)
         # Each is opened: a missing or unreadable segment raises here, and the index is rebuilt.
-        segments = {name: Segment.read(self.folder / name) for name in state.segments}
+        segments = {name: self._segment(name) for name in state.segments}
         stale = [a for a, e in state.live.items() if a not in catalog or catalog[a].content_hash != e["hash"]]
         for article_id in stale:
             self._retire(state, segments, article_id)
@@ -235,6 +255,7 @@ class SparseIndex:
         state.segments = [name for name in state.segments if name in in_use]
         state.generation = generation
         atomic_write(self.folder / _STATE.format(generation), json.dumps(vars(state)))
+        self._install(state, generation)
 
     def forget_older_than(self, generation: int) -> None:
         """Delete the states before the previous generation's, and every segment no kept state uses
@@ -261,6 +282,7 @@ class SparseIndex:
     def wipe(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
         self.state, self.segments, self.generation = State(), [], -1
+        self._opened.clear()
 
     def live_hashes(self, generation: int) -> dict[str, str] | None:
         """Article id -> content hash of what ``generation``'s state indexes (None: no such state)."""
@@ -278,7 +300,7 @@ class SparseIndex:
         state.next_segment += 1
         keys = [(a.id, i) for a in articles for i in range(a.chunks)]
         Segment.write(self.folder / name, keys, docs)
-        segments[name] = Segment.read(self.folder / name)
+        segments[name] = self._segment(name)
         state.segments.append(name)
         row = 0
         for article in articles:
@@ -321,15 +343,9 @@ class SparseIndex:
         if state is None:
             return False
         try:
-            segments = [Segment.read(self.folder / name) for name in state.segments]
-            for segment in segments:
-                segment.alive = np.zeros(len(segment.keys), dtype=bool)
-            by_name = {s.name: s for s in segments}
-            for entry in state.live.values():
-                by_name[entry["segment"]].alive[entry["row"] : entry["row"] + entry["rows"]] = True
+            self._install(state, generation)
         except (OSError, ValueError, KeyError):
-            return False  # damaged: the caller updates it, which rebuilds it
-        self.state, self.segments, self.generation = state, segments, generation
+            return False  # damaged: the next ingest rebuilds it
         return True
 
     def search(self, query: str, k: int) -> list[tuple[tuple[str, int], float]]:
