@@ -231,8 +231,8 @@ class ArticleIndex:
             self.articles.forget(self.store.changed_since(self._generation))
             self.dense.reopen()
         self._state = self.store.state()
-        if self.dense.remote:
-            self._update_local_caches(generation)
+        if self.dense.remote and not self._update_local_caches(generation):
+            return  # another process here is updating them: catch up again on the next question
         if generation > 0 and not self.sparse.load(generation):
             log.warning(
                 "BM25 in %s does not match generation %d; run `rag ingest` to repair it",
@@ -241,16 +241,20 @@ class ArticleIndex:
             )
         self._generation = generation
 
-    def _update_local_caches(self, generation: int) -> None:
+    def _update_local_caches(self, generation: int) -> bool:
         """Against a server, BM25 and the vector files are this machine's cache of what the server holds:
-        bring BM25 up to date now (vector files are made when first read)."""
+        bring BM25 up to date now (vector files are made when first read). False if another process
+        on this machine holds the index folder's lock."""
         if self.sparse.load(generation):
-            return
+            return True
         try:
             with self._lock_file(wait_s=0):
                 self.sparse.update(self.store.catalog(), self.store.get, generation)
+                self.sparse.forget_older_than(generation)
         except IndexBusyError:
             log.info("Another process on this machine is updating the BM25 cache in %s", self.root)
+            return False
+        return True
 
     def sparse_ready(self) -> bool:
         return self.sparse.load(self.refresh())
