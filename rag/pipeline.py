@@ -16,7 +16,7 @@ from typing import Any
 
 from rag.answer import ExtractiveAnswerer
 from rag.article_store import CatalogEntry, text_hash
-from rag.articles import article_id_for, discover_files, file_stamp, load_article, scan_articles
+from rag.articles import article_id_for, folder_stamps, load_article, scan_articles
 from rag.chunking import chunk_article, sentence_spans
 from rag.embeddings import Embedder
 from rag.errors import ArticleError, ArticleNotFoundError, GeneratorError, IndexChangedError, QuestionError
@@ -205,17 +205,11 @@ class Pipeline:
         """Whether the corpus folder holds a file the index does not have as it is, or lacks one it has."""
         corpus = Path(self.settings.corpus_dir)
         known = {e.source: e.stamp for e in self.index.store.catalog().values()}
-        seen: set[str] = set()
-        for path, _ in discover_files([corpus]):
-            source = str(path.resolve())
-            seen.add(source)
-            try:
-                if known.get(source) != file_stamp(path):
-                    return True
-            except OSError:
-                return True
+        present = folder_stamps(corpus)
+        if any(known.get(source) != stamp for source, stamp in present.items()):
+            return True
         root = str(corpus.resolve()) + os.sep
-        return any(source.startswith(root) and source not in seen for source in known)
+        return any(source.startswith(root) and source not in present for source in known)
 
     # --- query -------------------------------------------------------------------------------------
     def validate(self, question: str) -> str:

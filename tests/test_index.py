@@ -282,3 +282,25 @@ def test_a_damaged_bm25_index_is_rebuilt_from_the_article_store_at_start(fresh_p
     assert_same_bm25(restarted, ["Which news agency reported the interview?"])
     assert all((folder / name).is_dir() for name in restarted.index.sparse.state.segments)
     assert restarted.index.is_consistent()
+
+
+def test_a_start_takes_in_new_changed_and_deleted_corpus_files(
+    fresh_pipeline: Pipeline, corpus_dir: Path
+) -> None:
+    fresh_pipeline.ingest()
+    assert not Pipeline(fresh_pipeline.settings).corpus_changed()
+    files = sorted(corpus_dir.glob("*.txt"))
+    files[0].write_text(files[0].read_text() + "\nThe Holmenkollen venue was mentioned once.\n")
+    files[1].unlink()
+    (corpus_dir / "oslo.txt").write_text(
+        "Oslo offers a venue\n\nNorway said Oslo could host the next round.\n"
+    )
+
+    restarted = Pipeline(fresh_pipeline.settings)
+    assert restarted.corpus_changed()
+    assert restarted.query("Which city could host the next round, according to Norway?").found
+    catalog = restarted.index.store.catalog()
+    assert "oslo" in catalog and files[1].stem not in catalog and len(catalog) == 5
+    assert "Holmenkollen" in restarted.index.articles[files[0].stem].text
+    assert restarted.index.is_consistent()
+    assert not Pipeline(fresh_pipeline.settings).corpus_changed()
