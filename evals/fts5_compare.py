@@ -123,16 +123,6 @@ class Ours:
     def _fetch(self, ids: list[str]) -> dict[str, IndexedArticle]:
         return {i: self.articles[i] for i in ids}
 
-    def _entry(self, article: IndexedArticle) -> CatalogEntry:
-        return CatalogEntry(
-            article.id,
-            article.source,
-            article.stamp,
-            article.content_hash,
-            len(article.chunks),
-            text_hash(article.text),
-        )
-
     def _commit(self) -> None:
         self.generation += 1
         self.index.update(self.catalog, self._fetch, self.generation)
@@ -141,12 +131,12 @@ class Ours:
 
     def build(self, articles: dict[str, IndexedArticle]) -> None:
         self.articles = dict(articles)
-        self.catalog = {a.id: self._entry(a) for a in articles.values()}
+        self.catalog = {a.id: CatalogEntry.of(a) for a in articles.values()}
         self._commit()
 
     def replace(self, article: IndexedArticle) -> None:
         self.articles[article.id] = article
-        self.catalog[article.id] = self._entry(article)
+        self.catalog[article.id] = CatalogEntry.of(article)
         self._commit()
 
     def tidy(self) -> None:

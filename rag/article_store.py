@@ -54,6 +54,17 @@ class CatalogEntry:
     chunks: int
     text_hash: str  # of the text alone: the same text under two names is indexed once
 
+    @classmethod
+    def of(cls, article: IndexedArticle) -> CatalogEntry:
+        return cls(
+            article.id,
+            article.source,
+            article.stamp,
+            article.content_hash,
+            len(article.chunks),
+            text_hash(article.text),
+        )
+
 
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

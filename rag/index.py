@@ -42,7 +42,6 @@ from rag.article_store import (
     SqliteArticleStore,
     StoreState,
     check_format,
-    text_hash,
 )
 from rag.article_vectors import ArticleVectors
 from rag.atomic import atomic_write
@@ -67,17 +66,6 @@ _CHUNK_GROUP = 1024
 def chunk_ids(article: IndexedArticle | CatalogEntry) -> list[str]:
     count = len(article.chunks) if isinstance(article, IndexedArticle) else article.chunks
     return [chunk_id(article.id, article.content_hash, i) for i in range(count)]
-
-
-def catalog_entry(article: IndexedArticle) -> CatalogEntry:
-    return CatalogEntry(
-        article.id,
-        article.source,
-        article.stamp,
-        article.content_hash,
-        len(article.chunks),
-        text_hash(article.text),
-    )
 
 
 class ArticleView(Mapping[str, IndexedArticle]):

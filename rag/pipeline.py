@@ -23,7 +23,7 @@ from rag.errors import ArticleError, ArticleNotFoundError, GeneratorError, Index
 from rag.followup import resolve_followup
 from rag.generate import GenerationRequest, make_generator
 from rag.grounding import Grounder
-from rag.index import ArticleIndex, Plan, catalog_entry
+from rag.index import ArticleIndex, Plan
 from rag.retrieve import Candidate, HybridRetriever
 from rag.settings import Settings
 from rag.types import CITATION_MARKER, Answer, Article, IndexedArticle, IngestReport, Passage, SkippedFile
@@ -132,12 +132,12 @@ class Pipeline:
                 sentences=[(s.start, s.end) for s in sentence_spans(article.text)],
             )
             plan.upserts.append(indexed)
-            current[article.id] = catalog_entry(indexed)
+            current[article.id] = CatalogEntry.of(indexed)
             (report.updated if previous is not None else report.added).append(article.id)
         stale_stamps = [i for i, stamp in touched.items() if current[i].stamp != stamp]
         for article_id, article in self.index.store.get(stale_stamps).items():  # read again only when touched
             plan.upserts.append(article.model_copy(update={"stamp": touched[article_id]}))
-            current[article_id] = catalog_entry(plan.upserts[-1])
+            current[article_id] = CatalogEntry.of(plan.upserts[-1])
         return plan
 
     def add_files(

@@ -18,6 +18,7 @@ from evals.synth import write_distractor_corpus
 from rag.pipeline import Pipeline
 from tests.conftest import CORPUS, make_settings
 from tests.test_chroma_server import chroma_server
+from tests.test_cli import rag
 
 STEADY_QUESTION = "How far is the Belarusian border from Kyiv?"
 STEADY_FACT = "200 kilometres"
@@ -94,7 +95,7 @@ def test_readers_keep_answering_while_two_other_processes_ingest(tmp_path: Path)
     corpus, index = tmp_path / "corpus", tmp_path / "index"
     shutil.copytree(CORPUS, corpus)
     env = env_for(corpus, index)
-    assert rag_cli(env, "ingest").returncode == 0
+    assert rag("ingest", env=env).returncode == 0
     batch = tmp_path / "batch"
     write_distractor_corpus(CORPUS, batch, 150)
     newcomer = tmp_path / "late" / "arctic-forum.txt"
@@ -114,7 +115,7 @@ def test_readers_keep_answering_while_two_other_processes_ingest(tmp_path: Path)
             [sys.executable, "-m", "rag", "ingest", str(batch)], env=env, stdout=subprocess.PIPE, text=True
         )
         time.sleep(1.0)  # the second writer arrives while the first is embedding, and queues
-        small = rag_cli(env, "ingest", str(newcomer))
+        small = rag("ingest", str(newcomer), env=env)
         committed = time.time()
         assert small.returncode == 0, small.stdout + small.stderr
         assert big.wait(timeout=600) == 0
@@ -153,10 +154,10 @@ def test_two_app_processes_share_one_chroma_server_and_nothing_else(tmp_path: Pa
         first = Pipeline(make_settings(tmp_path / "first", chroma_url=url))
         assert len(first.ingest().added) == 5
         second_env = env_for(second_corpus, tmp_path / "second" / "index", RAG_CHROMA_URL=url)
-        ingested = rag_cli(second_env, "ingest")
+        ingested = rag("ingest", env=second_env)
         assert ingested.returncode == 0 and "added 1" in ingested.stdout, ingested.stdout + ingested.stderr
 
-        asked = rag_cli(second_env, "ask", "--json", STEADY_QUESTION)
+        asked = rag("ask", "--json", STEADY_QUESTION, env=second_env)
         assert asked.returncode == 0, asked.stderr
         answer = json.loads(asked.stdout)
         assert STEADY_FACT in answer["text"]
@@ -205,7 +206,7 @@ def test_a_server_killed_during_an_upload_is_repaired_and_readers_never_notice(t
 
     corpus, index = tmp_path / "corpus", tmp_path / "index"
     shutil.copytree(CORPUS, corpus)
-    assert rag_cli(env_for(corpus, index), "ingest").returncode == 0
+    assert rag("ingest", env=env_for(corpus, index)).returncode == 0
     log, stop = tmp_path / "asker.jsonl", tmp_path / "stop"
     asker = subprocess.Popen(
         [sys.executable, "-c", ASKER, str(log), str(stop), STEADY_QUESTION], env=env_for(corpus, index)
