@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -305,6 +306,8 @@ class ArticleIndex:
         every id is compared, which is how an interrupted ingest is completed. Returns how many chunks
         were added to Chroma and how many sentence vectors were written.
         """
+        from chromadb.errors import ChromaError  # Chroma is opened below anyway
+
         scope = articles.values() if only is None else [a for a in articles.values() if a.id in only]
         wanted = {cid for a in scope for cid in chunk_ids(a)}
         try:
@@ -327,9 +330,7 @@ class ArticleIndex:
                 )
                 atomic_write(self.root / _MANIFEST, manifest.model_dump_json())
                 self.manifest = manifest
-        except RagIndexError:
-            raise
-        except Exception as exc:  # disk full, read-only folder, a broken database: all end here
+        except (OSError, sqlite3.Error, ChromaError) as exc:  # disk full, read-only folder, broken database
             raise RagIndexError(
                 f"Writing the index in {self.root} failed ({exc.__class__.__name__}: {exc}). Nothing "
                 "already indexed was lost. Free disk space or fix the folder's permissions, then run "
