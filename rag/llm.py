@@ -57,15 +57,15 @@ class ChatModelGenerator(Generator):
         """A reader's sentence for a failure, by the exception's class (or the one it was raised from)."""
         timeouts, unreachable = _failure_kinds()
         chain = [exc, *(e for e in (exc.__cause__, exc.__context__) if e is not None)]
-        where = f"at {self.base_url}" if self.base_url else ""
+        where = f" at {self.base_url}" if self.base_url else ""
         if any(isinstance(e, timeouts) for e in chain):
             return (
-                f"The language model {where} did not answer within {self.settings.llm_timeout_s:g} s "
+                f"The language model{where} did not answer within {self.settings.llm_timeout_s:g} s "
                 "(RAG_LLM_TIMEOUT_S)."
             )
         if any(isinstance(e, unreachable) for e in chain):
-            return f"The language model {where} could not be reached ({exc})."
-        return f"The language model {where} failed: {type(exc).__name__}: {exc}"
+            return f"The language model{where} could not be reached ({exc})."
+        return f"The language model{where} failed: {type(exc).__name__}: {exc}"
 
     def _text_pieces(self, messages: list[tuple[str, str]]) -> Iterator[str]:
         """The reply's text as it streams, stopped at the deadline; failures as ``GeneratorError``."""

@@ -203,3 +203,22 @@ def test_markers_are_read_however_the_model_places_them():
         ("Minsk is close.", [2]),
         ("Both agreed.", [1, 3, 4]),
     ]
+
+
+def test_a_failure_is_described_by_its_class_not_its_name(shipped: Pipeline) -> None:
+    import httpx
+
+    from rag.llm import OpenAIGenerator
+
+    generator = OpenAIGenerator(shipped.settings.updated(generator="openai", llm_model="m"))
+
+    class ConnectorConfigError(Exception):  # "connect" in the name, but nothing about reaching a server
+        pass
+
+    class TimeoutPolicyError(Exception):
+        pass
+
+    assert "failed: ConnectorConfigError" in generator.describe(ConnectorConfigError("bad option"))
+    assert "failed: TimeoutPolicyError" in generator.describe(TimeoutPolicyError("bad option"))
+    assert "could not be reached" in generator.describe(httpx.ConnectError("refused"))
+    assert "did not answer within" in generator.describe(httpx.ReadTimeout("slow"))
