@@ -11,6 +11,7 @@ import pytest
 
 import rag
 from rag.errors import SettingsError
+from rag.pipeline import Pipeline
 from rag.settings import Settings
 
 
@@ -73,3 +74,11 @@ def test_the_cli_reports_a_bad_setting_in_one_line(tmp_path: Path) -> None:
         assert "Error:" in result.stdout and expected in result.stdout
         assert "Traceback" not in result.stdout + result.stderr
     assert not Path(index).exists()  # refused before anything was built
+
+
+def test_the_draft_takes_its_passage_counts_from_settings(shipped: Pipeline) -> None:
+    """`max(top_k, 5)` and `[:3]` were numbers in the code; now draft_passages and coverage_passages."""
+    wide = Pipeline(shipped.settings.updated(top_k=1, draft_passages=8))
+    assert len(wide.query("How far is the Belarusian border from Kyiv?").passages) == 8
+    narrow = Pipeline(shipped.settings.updated(top_k=1, draft_passages=2))
+    assert len(narrow.query("How far is the Belarusian border from Kyiv?").passages) == 2
