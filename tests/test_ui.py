@@ -252,6 +252,9 @@ def test_article_text_is_shown_exactly_as_written(page: Any, tmp_path: Path) -> 
     the Sources panel and the passages show them character for character (innerText)."""
     status = upload(page, tmp_path, "narvik-tariff.txt", f"{MARKUP_TITLE}\n\n{MARKUP_BODY}\n".encode())
     assert "Indexed 1 article" in status and "narvik-tariff" in status
+    page.get_by_role("tab", name="Library").click()
+    assert MARKUP_TITLE in page.inner_text("#library")  # the library lists the title as written
+    page.get_by_role("tab", name="Chat").click()
     question = "What did the Narvik harbour office write about the tariff formula $$x^2$$?"
     ask(page, question)
     assert page.locator("#chat .message.user").last.inner_text().strip() == question  # the question bubble
