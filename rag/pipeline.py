@@ -125,9 +125,8 @@ class Pipeline:
             safe_name = Path(str(name).replace("\\", "/")).name.lstrip(".") or "article.txt"
             suffix = Path(safe_name).suffix.lower()
             if suffix not in SUPPORTED_SUFFIXES:  # "...txt" became "txt": judge the name that is saved
-                refused.append(
-                    SkippedFile(path=safe_name, reason="unsupported file type (use .txt, .md or .html)")
-                )
+                reason = f"unsupported file type '{suffix or safe_name}' (use .txt, .md or .html)"
+                refused.append(SkippedFile(path=safe_name, reason=reason))
                 continue
             try:
                 load_article(
