@@ -234,7 +234,10 @@ def describe_validation_error(exc: ValidationError) -> str:
         else:
             shown = "…" if name in _SECRET_FIELDS else repr(error.get("input"))  # no password in a log
             lines.append(f"{name}={shown} ({ENV_PREFIX}{name.upper()}): {error['msg']}")
-    return "Invalid settings: " + "; ".join(lines) + "."
+    hint = ""
+    if any(error["type"] == "extra_forbidden" for error in exc.errors()):
+        hint = " Settings are the fields of rag.settings.Settings; a .env file may hold only RAG_* settings."
+    return "Invalid settings: " + "; ".join(lines) + "." + hint
 
 
 def _refuse_unknown_environment() -> None:
