@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import html
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
@@ -71,17 +72,25 @@ _SCROLL_TO_QUOTE = (
 )
 
 
-# Every character that HTML, Markdown (with GFM tables, strikethrough, autolinks) or a math renderer
-# could read as syntax becomes a numeric entity, in one pass: escaping in two passes once turned the
-# first pass's "&#x27;" into "&amp;#x27;"-like text on the page. New lines become <br>, so no line of
-# article text starts a Markdown list, quote or heading.
-_ENTITIES = {char: f"&#{ord(char)};" for char in "&<>\"'*_[]`#|~$\\!+-=.:(){}^"}
+# Characters that HTML or Markdown (with GFM tables, strikethrough) could read as syntax become numeric
+# entities, in one pass: escaping in two passes once turned the first pass's "&#x27;" into visible text.
+# New lines become <br>, so the only line start Markdown sees is the text's first: a list marker there
+# ("1. ", "- ", "+ ") is escaped too. "$" needs nothing: the chat renders no LaTeX (latex_delimiters=[]).
+# Quotes and apostrophes stay as they are in text (no attribute is built from safe()), so the chat's
+# copy button copies "Serbia's", not "Serbia&#39;s".
+_ENTITIES = {char: f"&#{ord(char)};" for char in "&<>*_[]`#|~\\"}
 _ENTITIES["\n"] = "<br>"
+_LIST_MARKER = re.compile(r"[ \t]*(?:\d{1,9}[.)]|[-+])(?=[ \t]|$)")
 
 
 def safe(text: str) -> str:
     """Article text is data: the page shows it exactly as written, never as markup or math."""
-    return "".join(_ENTITIES.get(char, char) for char in text)
+    escaped = "".join(_ENTITIES.get(char, char) for char in text)
+    marker = _LIST_MARKER.match(escaped)
+    if marker:
+        at = marker.end() - 1
+        escaped = f"{escaped[:at]}&#{ord(escaped[at])};{escaped[at + 1 :]}"
+    return escaped
 
 
 def chip(turn: int, citation: Citation) -> str:

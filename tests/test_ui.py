@@ -255,14 +255,14 @@ def test_article_text_is_shown_exactly_as_written(page: Any, tmp_path: Path) -> 
     page.get_by_role("tab", name="Library").click()
     assert MARKUP_TITLE in page.inner_text("#library")  # the library lists the title as written
     page.get_by_role("tab", name="Chat").click()
-    question = "What did the Narvik harbour office write about the tariff formula $$x^2$$?"
+    question = "1. What did the Narvik harbour office write about the tariff formula $$x^2$$?"  # not a list
     ask(page, question)
     assert page.locator("#chat .message.user").last.inner_text().strip() == question  # the question bubble
     answer = page.locator("#chat .message").last
     shown = answer.inner_text()
     assert MARKUP_BODY in shown, shown
     assert answer.locator(".refs").inner_text().strip() == f"[1] {MARKUP_TITLE}: “{MARKUP_BODY}”"
-    assert answer.locator(".katex, math").count() == 0  # no math rendering
+    assert page.locator(".katex, math, ol").count() == 0  # no math, and the question is no list
     page.get_by_text("Retrieved passages (with scores)").click()
     passages = page.locator("#passages")
     assert f"1. {MARKUP_TITLE}" in passages.inner_text()
