@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 7860
 
-.PHONY: setup run test lint format eval load bench chroma browser clean
+.PHONY: setup run test lint format eval load bench chroma browser strace clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ setup: $(STAMP)
 run: setup  ## build the index if it is missing, then serve the web chat on http://127.0.0.1:7860
 	$(BIN)/rag serve --port $(PORT)
 
-test: setup lint browser  ## lint, type-check and run the whole test suite
+test: setup lint browser strace  ## lint, type-check and run the whole test suite
 	$(BIN)/pytest
 
 browser:  ## Debian's chromium for the browser tests (Playwright drives it; it downloads nothing)
@@ -28,6 +28,12 @@ browser:  ## Debian's chromium for the browser tests (Playwright drives it; it d
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	  else echo "Browser tests need Debian's chromium: sudo apt-get install chromium"; fi; }
+
+strace:  ## Debian's strace for tests/test_offline.py (it watches every connection at the OS level)
+	@command -v strace >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q strace; \
+	  else echo "The offline test needs Debian's strace: sudo apt-get install strace"; fi; }
 
 lint: setup
 	$(BIN)/ruff check rag tests evals app.py

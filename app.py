@@ -1,23 +1,28 @@
 """The web chat: a thin Gradio layer over ``rag.query``. Run it with ``rag serve`` or ``python app.py``.
 
 Everything an article says is escaped before it reaches the page: answers, quotes, titles and the
-sources panel show article text as text, never as HTML or Markdown.
+sources panel show article text as text, never as HTML, Markdown or math, character for character.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import os
-from collections.abc import Iterator
+import re
+import sys
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 from rag import offline  # noqa: F401  (offline switches, before gradio imports huggingface_hub)
 
 # isort: split
 import gradio as gr
+from starlette.middleware import Middleware
 
 import rag
-from rag.errors import IndexBusyError, QuestionError, RagIndexError
+from rag.errors import IndexBusyError, RagError
+from rag.followup import recent_history
 from rag.types import CITATION_MARKER, Answer, Citation
 
 EXAMPLES = [
@@ -67,11 +72,24 @@ _SCROLL_TO_QUOTE = (
 )
 
 
+# Characters that HTML or Markdown (with GFM tables, strikethrough) could read as syntax become numeric
+# entities, in one pass: escaping in two passes once turned the first pass's "&#x27;" into visible text.
+# New lines become <br>, so the only line start Markdown sees is the text's first: a list marker there
+# ("1. ", "- ", "+ ") is escaped too. "$" needs nothing: the chat renders no LaTeX (latex_delimiters=[]).
+# Quotes and apostrophes stay as they are in text (no attribute is built from safe()), so the chat's
+# copy button copies "Serbia's", not "Serbia&#39;s".
+_ENTITIES = {char: f"&#{ord(char)};" for char in "&<>*_[]`#|~\\"}
+_ENTITIES["\n"] = "<br>"
+_LIST_MARKER = re.compile(r"[ \t]*(?:\d{1,9}[.)]|[-+])(?=[ \t]|$)")
+
+
 def safe(text: str) -> str:
-    """Article text is data: escaped for HTML and for Markdown alike."""
-    escaped = html.escape(text, quote=True)
-    for char in "*_[]`#|~<>":
-        escaped = escaped.replace(char, f"&#{ord(char)};")
+    """Article text is data: the page shows it exactly as written, never as markup or math."""
+    escaped = "".join(_ENTITIES.get(char, char) for char in text)
+    marker = _LIST_MARKER.match(escaped)
+    if marker:
+        at = marker.end() - 1
+        escaped = f"{escaped[:at]}&#{ord(escaped[at])};{escaped[at + 1 :]}"
     return escaped
 
 
@@ -93,16 +111,20 @@ def format_answer(answer: Answer, turn: int) -> str:
             f"<br><small>Searched the closest passages in: {safe(searched)}</small></div>"
         )
     by_n = {c.n: c for c in answer.citations}
-    body = safe_keep_markers(answer.text)
+    # Only the writer's markers become chips (an article's own "[2]" inside a quote stays text); a
+    # marker that names no citation is dropped.
+    pieces, at = [], 0
+    for marker in answer.markers():
+        pieces.append(safe(answer.text[at : marker.start]))
+        pieces.append(chip(turn, by_n[marker.n]) if marker.n in by_n else "")
+        at = marker.end
+    body = "".join(pieces) + safe(answer.text[at:])
     for sentence in answer.uncited:
         body = body.replace(
             safe(sentence),
             f'<span class="uncited" title="No cited passage supports this sentence">{safe(sentence)}</span>',
             1,
         )
-    body = CITATION_MARKER.sub(
-        lambda m: chip(turn, by_n[int(m.group(1))]) if int(m.group(1)) in by_n else "", body
-    )
     refs = "<br>".join(
         f"[{c.n}] <strong>{safe(c.title)}</strong>: “{safe(c.quote)}”" for c in answer.citations
     )
@@ -110,15 +132,15 @@ def format_answer(answer: Answer, turn: int) -> str:
 
 
 def safe_keep_markers(text: str) -> str:
-    """Escape everything but our own ``[n]`` markers, which become chips."""
+    """The text as it streams in, escaped; ``[n]`` markers stay plain text until the checked answer."""
     parts = CITATION_MARKER.split(text)
     return "".join(safe(p) if i % 2 == 0 else f"[{p}]" for i, p in enumerate(parts))
 
 
 def format_passages(answer: Answer) -> str:
     rows = [
-        f"<p><strong>{i}. {safe(p.title)}</strong> <small>(score {p.score:.4f}, chars {p.start}–{p.end})"
-        f"</small><br>{safe(p.text)}</p>"
+        f'<p><strong class="passage-title">{i}. {safe(p.title)}</strong> <small>(score {p.score:.4f}, '
+        f'chars {p.start}–{p.end})</small><br><span class="passage-text">{safe(p.text)}</span></p>'
         for i, p in enumerate(answer.passages, start=1)
     ]
     return "<hr>".join(rows) or "<em>No passages.</em>"
@@ -132,13 +154,15 @@ def format_source(citation: dict[str, Any]) -> str:
     right = min(len(article.text), end + _SOURCE_CONTEXT_CHARS)
     meta = " · ".join(safe(x) for x in (article.outlet, article.date) if x)
     return (
-        f"<h3>[{citation['n']}] {safe(article.title)}</h3>"
+        f'<h3>[{citation["n"]}] <span class="source-title">{safe(article.title)}</span></h3>'
         + (f"<p><small>{meta}</small></p>" if meta else "")
         + f"<p><small>characters {start}–{end} of {len(article.text)}</small></p>"
         + ("…" if left else "")
+        + '<span class="source-text">'
         + safe(article.text[left:start])
         + f'<mark id="quote">{safe(article.text[start:end])}</mark>'
         + safe(article.text[end:right])
+        + "</span>"
         + ("…" if right < len(article.text) else "")
     )
 
@@ -155,15 +179,19 @@ def respond(
     turn = len(plain) // 2 + 1
     asked = {"role": "user", "content": safe(message)}
     written, answer = "", None
+    settings = rag.get_pipeline().settings
+    recent = recent_history(  # a long chat sends its latest turns, within the history bounds
+        plain, max_messages=settings.max_history_messages, max_chars=settings.max_history_chars
+    )
     try:
-        for piece in rag.stream(message, history=plain):
+        for piece in rag.stream(message, history=recent):
             if isinstance(piece, Answer):
                 answer = piece
                 break
             written += piece
             partial = {"role": "assistant", "content": safe_keep_markers(written)}
             yield [*shown, asked, partial], plain, cited, "", ""
-    except (QuestionError, RagIndexError) as exc:
+    except RagError as exc:
         shown.append({"role": "assistant", "content": f"⚠️ {safe(str(exc))}"})
         yield shown, plain, cited, message, ""
         return
@@ -207,7 +235,7 @@ def upload(files: list[Any] | None, progress: gr.Progress = gr.Progress()) -> tu
             "indexed by the next ingest or restart.",
             library_rows(),
         )
-    except RagIndexError as exc:  # the disk is full, the folder is read-only, …
+    except RagError as exc:  # the disk is full, the folder is read-only, …
         return f"⚠️ {safe(str(exc))}", library_rows()
     progress(1.0, desc="Done")
     lines = []
@@ -223,11 +251,12 @@ def upload(files: list[Any] | None, progress: gr.Progress = gr.Progress()) -> tu
     return "<br>".join(lines) or "Nothing to add.", library_rows()
 
 
-def ask(question: str, history: list[dict[str, str]] | None = None) -> dict[str, Any]:
-    """The ``/ask`` API endpoint: the Answer as JSON (or ``{"error": …}`` for a refused question)."""
+def ask(question: str, history: Any = None) -> dict[str, Any]:
+    """The ``/ask`` API endpoint: the Answer as JSON (or ``{"error": …}`` for a refused question or
+    history). ``history`` is whatever JSON the caller sent: the pipeline checks it."""
     try:
-        return rag.query(question, history=history or None).model_dump()
-    except (QuestionError, RagIndexError) as exc:
+        return rag.query(question, history=history if history not in (None, [], "") else None).model_dump()
+    except RagError as exc:
         return {"error": str(exc)}
 
 
@@ -250,6 +279,7 @@ def build_app() -> gr.Blocks:
                     buttons=["copy"],
                     sanitize_html=True,
                     feedback_options=None,
+                    latex_delimiters=[],  # "$$x^2$$" in an article or a question is text, not math
                 )
                 with gr.Row():
                     box = gr.Textbox(
@@ -303,11 +333,65 @@ def build_app() -> gr.Blocks:
     return demo  # type: ignore[no-any-return]  # gradio's context manager is untyped
 
 
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]
+]
+
+
+class LoginThrottle:
+    """ASGI middleware in front of Gradio's ``POST /login``: a client's attempts are checked one at a
+    time, and after each failure the next waits twice as long (``login_delay_s`` doubling, at most
+    ``login_max_delay_s``); a success clears the record. The client is the connecting address, so
+    behind a reverse proxy every visitor shares one record: the proxy should limit logins itself."""
+
+    def __init__(self, app: ASGIApp, delay_s: float, max_delay_s: float) -> None:
+        self.app, self.delay_s, self.max_delay_s = app, delay_s, max_delay_s
+        self.failures: dict[str, int] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    def delay(self, failures: int) -> float:
+        return min(self.max_delay_s, self.delay_s * 2 ** (failures - 1)) if failures else 0.0
+
+    async def __call__(
+        self,
+        scope: Scope,
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or not scope["path"].rstrip("/").endswith("/login")
+        ):
+            await self.app(scope, receive, send)
+            return
+        client = str((scope.get("client") or ("unknown",))[0])
+        status: list[int] = []
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(int(message["status"]))
+            await send(message)
+
+        async with self.locks.setdefault(client, asyncio.Lock()):
+            await asyncio.sleep(self.delay(self.failures.get(client, 0)))
+            await self.app(scope, receive, watch)
+            if status and status[0] < 400:
+                self.failures.pop(client, None)
+            elif status and status[0] in (400, 401, 403):
+                self.failures[client] = self.failures.get(client, 0) + 1
+
+
 def launch(host: str | None = None, port: int | None = None) -> None:
     settings = rag.get_pipeline().settings
     rag.get_pipeline().ensure_ready()  # build the index before the first visitor waits for it
-    auth = tuple(settings.auth.split(":", 1)) if settings.auth else None
-    build_app().queue(default_concurrency_limit=4).launch(
+    auth = tuple(settings.auth.split(":", 1)) if settings.auth else None  # validated: "user:password"
+    throttle = Middleware(
+        LoginThrottle, delay_s=settings.login_delay_s, max_delay_s=settings.login_max_delay_s
+    )
+    build_app().queue(default_concurrency_limit=settings.queue_concurrency).launch(
         server_name=host or os.environ.get("GRADIO_SERVER_NAME") or settings.host,
         server_port=port or int(os.environ.get("GRADIO_SERVER_PORT") or settings.port),
         share=False,
@@ -316,8 +400,12 @@ def launch(host: str | None = None, port: int | None = None) -> None:
         theme=_THEME,
         css=_CSS,
         footer_links=["api"],
+        app_kwargs={"middleware": [throttle]},
     )
 
 
 if __name__ == "__main__":
-    launch()
+    try:
+        launch()
+    except RagError as exc:
+        sys.exit(f"Error: {exc}")

@@ -58,10 +58,11 @@ def __getattr__(name: str) -> Any:
 
 
 def configure(settings: Settings | None = None, **overrides: Any) -> Settings:
-    """Use these settings from now on (e.g. ``rag.configure(index_dir="/tmp/idx")``)."""
+    """Use these settings from now on (e.g. ``rag.configure(index_dir="/tmp/idx")``). Overrides are
+    validated like any setting: an unknown name or a bad value raises ``rag.errors.SettingsError``."""
     global _pipeline
     base = settings or get_settings()
-    chosen = base.model_copy(update=overrides) if overrides else base
+    chosen = base.updated(**overrides)
     from rag.pipeline import Pipeline
 
     with _lock:

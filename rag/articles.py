@@ -18,13 +18,14 @@ from functools import lru_cache
 from pathlib import Path
 
 from rag.errors import ArticleError
+from rag.settings import Settings
 from rag.types import Article, SkippedFile
 
 SUPPORTED_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".html", ".htm"})
 _RULES_FILE = Path(__file__).with_name("cleaning_rules.toml")
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*\r?\n", re.DOTALL)
 _FRONT_MATTER_KEYS = ("title", "outlet", "date")
-_TITLE_MAX_CHARS = 200
+_TITLE_MAX_CHARS: int = Settings.model_fields["max_title_chars"].default  # callers without settings
 
 
 @dataclass(frozen=True)
@@ -154,12 +155,22 @@ def article_id_for(path: Path) -> str:
     return slug or hashlib.sha1(str(path).encode()).hexdigest()[:12]
 
 
-def guess_title(text: str) -> str:
+def guess_title(text: str, max_chars: int = _TITLE_MAX_CHARS) -> str:
     """The first line when it reads like a headline, else the start of the first sentence."""
     first_line = next((line.strip() for line in text.split("\n") if line.strip()), "")
-    if len(first_line) <= _TITLE_MAX_CHARS:
-        return first_line.rstrip(".").strip()
-    return first_line[:100].rsplit(" ", 1)[0] + "…"
+    return shorten_title(first_line.rstrip(".").strip(), max_chars)
+
+
+def shorten_title(title: str, max_chars: int = _TITLE_MAX_CHARS) -> str:
+    """At most ``max_chars`` characters, cut at a word boundary with "…": every source of a title
+    (front matter, og:title, <h1>, <title>, the first line) goes through here."""
+    title = " ".join(title.split())
+    if len(title) <= max_chars:
+        return title
+    cut = title[: max_chars - 1]
+    if " " in cut[max_chars // 2 :]:
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip(" ,;:-–—") + "…"
 
 
 def content_hash(title: str, text: str, outlet: str | None, date: str | None) -> str:
@@ -167,7 +178,9 @@ def content_hash(title: str, text: str, outlet: str | None, date: str | None) ->
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def parse_article(raw: str, *, suffix: str, article_id: str, source: str) -> Article:
+def parse_article(
+    raw: str, *, suffix: str, article_id: str, source: str, max_title_chars: int = _TITLE_MAX_CHARS
+) -> Article:
     """Build an Article from decoded file content; raises ArticleError when nothing is left."""
     if suffix in (".html", ".htm"):
         meta, body = html_to_text(raw)
@@ -176,7 +189,9 @@ def parse_article(raw: str, *, suffix: str, article_id: str, source: str) -> Art
     text = clean_text(body)
     if not text:
         raise ArticleError("no article text after cleaning (empty file?)")
-    title = clean_text(meta.get("title", "")) or guess_title(text)
+    title = shorten_title(clean_text(meta.get("title", "")), max_title_chars) or guess_title(
+        text, max_title_chars
+    )
     outlet, date = meta.get("outlet"), meta.get("date")
     return Article(
         id=article_id,
@@ -190,7 +205,12 @@ def parse_article(raw: str, *, suffix: str, article_id: str, source: str) -> Art
 
 
 def load_article(
-    path: Path, *, max_bytes: int, article_id: str | None = None, suffix: str | None = None
+    path: Path,
+    *,
+    max_bytes: int,
+    article_id: str | None = None,
+    suffix: str | None = None,
+    max_title_chars: int = _TITLE_MAX_CHARS,
 ) -> Article:
     """Read one file into a cleaned Article, or raise ArticleError with a reason a user can act on.
 
@@ -204,7 +224,11 @@ def load_article(
         raise ArticleError(f"file is {size:,} bytes, over the {max_bytes:,}-byte limit (RAG_MAX_FILE_BYTES)")
     raw = decode_bytes(path.read_bytes())
     return parse_article(
-        raw, suffix=suffix, article_id=article_id or article_id_for(path), source=str(path.resolve())
+        raw,
+        suffix=suffix,
+        article_id=article_id or article_id_for(path),
+        source=str(path.resolve()),
+        max_title_chars=max_title_chars,
     ).model_copy(update={"stamp": file_stamp(path)})
 
 
@@ -280,7 +304,13 @@ class Scan:
     unchanged: list[str]  # sources whose stamp matched the one given: not read
 
 
-def scan_articles(paths: Iterable[Path], *, max_bytes: int, known: dict[str, str] | None = None) -> Scan:
+def scan_articles(
+    paths: Iterable[Path],
+    *,
+    max_bytes: int,
+    known: dict[str, str] | None = None,
+    max_title_chars: int = _TITLE_MAX_CHARS,
+) -> Scan:
     """Load every file it can, except those whose stamp matches ``known`` (source -> stamp); the rest
     are reported with a reason, never silently dropped."""
     scan = Scan([], [], [])
@@ -296,7 +326,7 @@ def scan_articles(paths: Iterable[Path], *, max_bytes: int, known: dict[str, str
             if source in known and known[source] == file_stamp(path):
                 scan.unchanged.append(source)
                 continue
-            scan.articles.append(load_article(path, max_bytes=max_bytes))
+            scan.articles.append(load_article(path, max_bytes=max_bytes, max_title_chars=max_title_chars))
         except (ArticleError, UnicodeDecodeError, OSError) as exc:
             scan.skipped.append(SkippedFile(path=str(path), reason=str(exc)))
     return scan

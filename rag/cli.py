@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 import rag
+from rag.errors import RagError
 
 app = typer.Typer(
     help="Cited answers over your news articles, offline.",
@@ -35,8 +36,6 @@ def main(
     llm_model: Annotated[str | None, typer.Option(help="LLM model name [env: RAG_LLM_MODEL]")] = None,
 ) -> None:
     """Flags override RAG_* environment variables, which override the defaults."""
-    from rag.errors import GeneratorConfigError
-
     overrides: dict[str, Any] = {
         "corpus_dir": corpus_dir,
         "index_dir": index_dir,
@@ -48,7 +47,7 @@ def main(
     }
     try:
         rag.configure(**{k: v for k, v in overrides.items() if v is not None})
-    except GeneratorConfigError as exc:
+    except RagError as exc:  # a bad setting or generator: caught here, at the command's edge
         raise _fail(str(exc)) from None
 
 
@@ -65,11 +64,9 @@ def ingest(
     rebuild: Annotated[bool, typer.Option(help="Delete the index and build it again")] = False,
 ) -> None:
     """Index new and changed articles and drop deleted ones (running it twice changes nothing)."""
-    from rag.errors import ModelNotFoundError, RagIndexError
-
     try:
         report = rag.ingest(paths or None, rebuild=rebuild)
-    except (RagIndexError, ModelNotFoundError) as exc:
+    except RagError as exc:
         raise _fail(str(exc)) from None
     console.print(
         f"added {len(report.added)}, updated {len(report.updated)}, removed {len(report.removed)}, "
@@ -109,11 +106,9 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print the Answer as JSON")] = False,
 ) -> None:
     """Answer a question from the articles, with numbered citations."""
-    from rag.errors import ModelNotFoundError, QuestionError, RagIndexError
-
     try:
         answer = rag.query(question)
-    except (QuestionError, RagIndexError, ModelNotFoundError) as exc:
+    except RagError as exc:
         raise _fail(str(exc)) from None
     if as_json:
         typer.echo(json.dumps(answer.model_dump(), ensure_ascii=False, indent=2))
@@ -140,11 +135,10 @@ def serve(
 ) -> None:
     """Start the web chat (builds the index first if there is none)."""
     import app as web
-    from rag.errors import ModelNotFoundError, RagIndexError
 
     try:
         web.launch(host=host, port=port)
-    except (RagIndexError, ModelNotFoundError) as exc:
+    except RagError as exc:
         raise _fail(str(exc)) from None
 
 

@@ -23,6 +23,7 @@ import fcntl
 import json
 import logging
 import shutil
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -416,9 +417,7 @@ class ArticleIndex:
         one article in a large archive lists no other. Returns (chunks added to Chroma, sentence vectors
         written).
         """
-        import sqlite3
-
-        from chromadb.errors import ChromaError
+        from chromadb.errors import ChromaError  # Chroma is opened below anyway
 
         try:
             return self._sync(plan, full, progress)

@@ -76,7 +76,7 @@ class ArticleEmbeddings(Embeddings):
         settings = get_settings()
         overrides = {"embedding_model": model, "embedding_batch_size": batch_size}
         self._embedder = Embedder.from_settings(
-            settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+            settings.updated(**{k: v for k, v in overrides.items() if v is not None})
         )
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:

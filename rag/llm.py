@@ -54,17 +54,18 @@ class ChatModelGenerator(Generator):
         return self._model
 
     def describe(self, exc: BaseException) -> str:
-        """A reader's sentence for a failure, from the exception's kind rather than its type."""
-        kind = type(exc).__name__.lower()
-        where = f"at {self.base_url}" if self.base_url else ""
-        if "timeout" in kind or isinstance(exc, TimeoutError):
+        """A reader's sentence for a failure, by the exception's class (or the one it was raised from)."""
+        timeouts, unreachable = _failure_kinds()
+        chain = [exc, *(e for e in (exc.__cause__, exc.__context__) if e is not None)]
+        where = f" at {self.base_url}" if self.base_url else ""
+        if any(isinstance(e, timeouts) for e in chain):
             return (
-                f"The language model {where} did not answer within {self.settings.llm_timeout_s:g} s "
+                f"The language model{where} did not answer within {self.settings.llm_timeout_s:g} s "
                 "(RAG_LLM_TIMEOUT_S)."
             )
-        if "connect" in kind or isinstance(exc, ConnectionError):
-            return f"The language model {where} could not be reached ({exc})."
-        return f"The language model {where} failed: {type(exc).__name__}: {exc}"
+        if any(isinstance(e, unreachable) for e in chain):
+            return f"The language model{where} could not be reached ({exc})."
+        return f"The language model{where} failed: {type(exc).__name__}: {exc}"
 
     def _text_pieces(self, messages: list[tuple[str, str]]) -> Iterator[str]:
         """The reply's text as it streams, stopped at the deadline; failures as ``GeneratorError``."""
@@ -94,6 +95,27 @@ class ChatModelGenerator(Generator):
             parts.append(piece)
             yield piece
         yield grounded_answer("".join(parts), request, self.name)
+
+
+def _failure_kinds() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(timeouts, unreachable server) as the HTTP clients under the chat models raise them."""
+    timeouts: list[type[BaseException]] = [TimeoutError]
+    unreachable: list[type[BaseException]] = [ConnectionError]
+    try:
+        import httpx  # Ollama's client, and the OpenAI client's transport
+
+        timeouts.append(httpx.TimeoutException)
+        unreachable.append(httpx.NetworkError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import openai
+
+        timeouts.append(openai.APITimeoutError)  # a subclass of APIConnectionError: checked first
+        unreachable.append(openai.APIConnectionError)
+    except ImportError:  # pragma: no cover  (the llm extra is not installed)
+        pass
+    return tuple(timeouts), tuple(unreachable)
 
 
 class OpenAIGenerator(ChatModelGenerator):

@@ -16,6 +16,9 @@ _OFFLINE_ENV = {
     "GRADIO_ANALYTICS_ENABLED": "False",
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    # ONNX Runtime 1.32 sends usage telemetry (a DNS lookup of mobile.events.data.microsoft.com, then
+    # HTTPS) from native code, where no Python socket guard sees it; read when onnxruntime is imported.
+    "ORT_DISABLE_TELEMETRY": "1",
 }
 
 

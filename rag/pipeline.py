@@ -16,17 +16,17 @@ from typing import Any
 
 from rag.answer import ExtractiveAnswerer
 from rag.article_store import CatalogEntry, text_hash
-from rag.articles import article_id_for, folder_stamps, load_article, scan_articles
+from rag.articles import SUPPORTED_SUFFIXES, article_id_for, folder_stamps, load_article, scan_articles
 from rag.chunking import chunk_article, sentence_spans
 from rag.embeddings import Embedder
 from rag.errors import ArticleError, ArticleNotFoundError, GeneratorError, IndexChangedError, QuestionError
-from rag.followup import resolve_followup
+from rag.followup import resolve_followup, validate_history
 from rag.generate import GenerationRequest, make_generator
 from rag.grounding import Grounder
 from rag.index import ArticleIndex, Plan
 from rag.retrieve import Candidate, HybridRetriever
 from rag.settings import Settings
-from rag.types import CITATION_MARKER, Answer, Article, IndexedArticle, IngestReport, Passage, SkippedFile
+from rag.types import Answer, Article, IndexedArticle, IngestReport, Passage, SkippedFile
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,12 @@ class Pipeline:
             catalog = self.index.store.catalog()
             report = IngestReport()
             known = {e.source: e.stamp for e in catalog.values()}
-            scan = scan_articles(targets, max_bytes=self.settings.max_file_bytes, known=known)
+            scan = scan_articles(
+                targets,
+                max_bytes=self.settings.max_file_bytes,
+                known=known,
+                max_title_chars=self.settings.max_title_chars,
+            )
             report.skipped = scan.skipped
             by_source = {e.source: e.id for e in catalog.values()}
             report.unchanged = [by_source[source] for source in scan.unchanged]
@@ -148,25 +153,43 @@ class Pipeline:
         ``files`` are (path of the uploaded bytes, name the user gave the file). Only the name's last
         component is kept (no ``../``), unreadable files are refused with the reason, and an existing
         file of the same name with other content is kept by giving the new one a numbered name.
+        Nothing refused stays in the corpus folder: a file the ingest skips (a duplicate, say) is
+        removed again, and so is every file this call added if the ingest fails.
         """
         corpus = Path(self.settings.corpus_dir)
         corpus.mkdir(parents=True, exist_ok=True)
         saved: list[Path] = []
+        created: list[Path] = []
         refused: list[SkippedFile] = []
         for source, name in files:
             safe_name = Path(str(name).replace("\\", "/")).name.lstrip(".") or "article.txt"
+            suffix = Path(safe_name).suffix.lower()
+            if suffix not in SUPPORTED_SUFFIXES:  # "...txt" became "txt": judge the name that is saved
+                reason = f"unsupported file type '{suffix or safe_name}' (use .txt, .md or .html)"
+                refused.append(SkippedFile(path=safe_name, reason=reason))
+                continue
             try:
                 load_article(
                     Path(source),
                     max_bytes=self.settings.max_file_bytes,
                     article_id=article_id_for(Path(safe_name)),
-                    suffix=Path(safe_name).suffix,
+                    suffix=suffix,
+                    max_title_chars=self.settings.max_title_chars,
                 )
             except (ArticleError, UnicodeDecodeError, OSError) as exc:
                 refused.append(SkippedFile(path=safe_name, reason=str(exc)))
                 continue
-            saved.append(_copy_without_clobbering(Path(source), corpus / safe_name))
-        report = self.ingest(saved, on_wait=on_wait) if saved else IngestReport()
+            target, new = _copy_without_clobbering(Path(source), corpus / safe_name)
+            saved.append(target)
+            if new:
+                created.append(target)
+        try:
+            report = self.ingest(saved, on_wait=on_wait) if saved else IngestReport()
+        except BaseException:
+            _remove(created)
+            raise
+        skipped = {Path(s.path).resolve() for s in report.skipped}
+        _remove([path for path in created if path.resolve() in skipped])
         report.skipped = refused + report.skipped
         return report
 
@@ -246,6 +269,11 @@ class Pipeline:
         """Pieces of the answer text as the generator writes them, then the final, checked ``Answer``
         (whose text can differ from the pieces: unsupported citations are removed after the fact)."""
         cleaned = self.validate(question)
+        history = validate_history(
+            history,
+            max_messages=self.settings.max_history_messages,
+            max_chars=self.settings.max_history_chars,
+        )
         self.ensure_ready()
         search_query, failure = self._standalone(cleaned, history)
         draft = self._draft_on_committed_state(cleaned, search_query)
@@ -270,8 +298,11 @@ class Pipeline:
         try:
             condensed = self.generator.condense(question, history)
         except GeneratorError as exc:
-            return resolve_followup(question, history), _fallback_notice(str(exc))
-        return condensed or resolve_followup(question, history), None
+            return self._resolved(question, history), _fallback_notice(str(exc))
+        return condensed or self._resolved(question, history), None
+
+    def _resolved(self, question: str, history: Sequence[dict[str, Any]]) -> str:
+        return resolve_followup(question, history, max_names=self.settings.followup_names)
 
     def _draft_on_committed_state(self, question: str, search_query: str) -> Answer:
         """The draft, read from the latest committed state; retried once if an ingest committed while it
@@ -285,9 +316,11 @@ class Pipeline:
 
     def _draft(self, question: str, search_query: str) -> Answer:
         """The extractive answer: whether the articles answer at all, and the fallback for any generator."""
-        candidates = self.retriever.search(search_query, max(self.settings.top_k, 5))
+        wanted = max(self.settings.top_k, self.settings.draft_passages)
+        candidates = self.retriever.search(search_query, wanted)
         passages = [self._passage(c) for c in candidates]
-        coverage = self.retriever.coverage(search_query, [c.chunk.text for c in candidates[:3]])
+        leading = candidates[: self.settings.coverage_passages]
+        coverage = self.retriever.coverage(search_query, [c.chunk.text for c in leading])
         return self.answerer.answer(
             question, search_query, candidates, self.index.articles, passages, coverage
         )
@@ -301,7 +334,7 @@ class Pipeline:
             article = articles.get(c.article_id)
             if article is None or article.text[c.start : c.end] != c.quote:
                 return self._fallback(draft, f"Generator '{answer.generator}' returned a misquoted citation.")
-        markers = {int(n) for n in CITATION_MARKER.findall(answer.text)}
+        markers = {m.n for m in answer.markers()}  # an article's own "[2]" inside a quote is not one
         if not markers <= numbers:
             return self._fallback(draft, f"Generator '{answer.generator}' cited a passage it did not quote.")
         return answer
@@ -339,12 +372,20 @@ def _fallback_notice(why: str) -> str:
     return f"{why} Showing the answer quoted from the articles instead."
 
 
-def _copy_without_clobbering(source: Path, target: Path) -> Path:
-    """Copy to ``target``, or to ``name-2.ext``… when a different file already has that name."""
+def _copy_without_clobbering(source: Path, target: Path) -> tuple[Path, bool]:
+    """Copy to ``target``, or to ``name-2.ext``… when a different file already has that name; also
+    whether the file is new (an identical file of that name is left as it was)."""
     data = source.read_bytes()
     candidate, n = target, 1
     while candidate.exists() and candidate.read_bytes() != data:
         n += 1
         candidate = target.with_name(f"{target.stem}-{n}{target.suffix}")
+    if candidate.exists():
+        return candidate, False
     candidate.write_bytes(data)
-    return candidate
+    return candidate, True
+
+
+def _remove(paths: Iterable[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)

@@ -6,13 +6,18 @@ explicit overrides (CLI flags, ``rag.configure``), ``RAG_*`` environment variabl
 
 from __future__ import annotations
 
+import difflib
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rag.errors import SettingsError
+
+ENV_PREFIX = "RAG_"
 
 
 def usable_cores() -> int:
@@ -23,7 +28,18 @@ def usable_cores() -> int:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RAG_", env_file=".env", extra="ignore")
+    """Every setting of the product. An unknown name or a value a field cannot take raises
+    ``SettingsError`` (a typo such as ``RAG_TOPK`` must not pass silently with the default).
+    A ``.env`` file may therefore hold only ``RAG_*`` variables that name a field."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="forbid")
+
+    def __init__(self, **values: Any) -> None:
+        _refuse_unknown_environment()
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError(describe_validation_error(exc)) from None
 
     # --- where things live -------------------------------------------------------------------------
     corpus_dir: Path = Field(Path("corpus"), description="Folder of articles (.txt, .md, .html) to index.")
@@ -108,6 +124,23 @@ class Settings(BaseSettings):
     # The next sentence joins the quote when it scores within this margin of the best one.
     continuation_margin: float = Field(0.1, ge=0.0)
     max_question_chars: int = Field(2000, ge=10, description="Longer questions are refused.")
+    # Passages retrieved for the draft answer even when top_k is smaller: the answer sentence is picked
+    # among them, and with fewer than 5 the right sentence was sometimes not among the candidates.
+    draft_passages: int = Field(5, ge=1)
+    # Leading passages whose words count towards the question's coverage in the confidence (a term
+    # found only in the 4th or 5th passage is weak evidence that the articles answer the question).
+    coverage_passages: int = Field(3, ge=1)
+
+    # --- chat history (follow-up questions) ----------------------------------------------------------
+    # Follow-ups read only the last question and answer, and an LLM rewrite reads the whole history:
+    # 20 turns is more than a follow-up needs. The web chat sends its most recent turns within both
+    # bounds; an API caller past them is refused (a 565 KB history once held a worker for 35 s).
+    max_history_messages: int = Field(40, ge=0, description="Longest chat history, in messages.")
+    # 20 turns of long questions and LLM answers, and about 12,000 tokens for an LLM's context window.
+    max_history_chars: int = Field(50_000, ge=0, description="Longest chat history, in characters.")
+    # Names from the previous answer added to a follow-up's search: the first few are its subject;
+    # more dilute the question's own words.
+    followup_names: int = Field(4, ge=0)
 
     # --- answer generator (RAG_GENERATOR, RAG_LLM_*: a contract other tools rely on) -----------------
     generator: str = Field(
@@ -151,12 +184,34 @@ class Settings(BaseSettings):
     # Articles kept in memory per process. A query reads the ~10 it retrieved; the rest stay on disk,
     # so start-up reads none of a 30,000-article archive.
     article_cache_size: int = Field(512, ge=16)
+    # A headline is rarely over 120 characters; 200 keeps long ones whole. Applies to every source of a
+    # title (front matter, og:title, <h1>, <title>, the first line): a title travels with every passage
+    # and citation, so a megabyte title once made one answer megabytes long.
+    max_title_chars: int = Field(200, ge=20, description="Longer titles are cut at a word boundary.")
     progress: bool = Field(True, description="Show progress bars during ingest.")
 
     # --- web chat ------------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Bind address; loopback unless told otherwise.")
     port: int = Field(7860, ge=0, le=65535)
     auth: str | None = Field(None, description="'user:password' to require a login for the web chat.")
+    # Requests answered at once by the web chat. Each embeds on the encoder's worker threads (one per
+    # core), so more than a few only queue inside the process; 4 kept p95 at 2.1 s in `make load`.
+    queue_concurrency: int = Field(4, ge=1)
+    # After a failed login the client waits this long before its next attempt is checked, doubling
+    # with each further failure up to login_max_delay_s; a success clears it. Slows password guessing
+    # from thousands of tries a second to a few a minute, while a typo costs a person a second.
+    login_delay_s: float = Field(1.0, ge=0.0)
+    login_max_delay_s: float = Field(60.0, ge=0.0)
+
+    @field_validator("auth")
+    @classmethod
+    def _user_and_password(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        user, sep, password = value.partition(":")
+        if not sep or not user or not password:
+            raise ValueError("must be 'user:password', both non-empty (e.g. RAG_AUTH=reader:s3cret)")
+        return value
 
     def index_signature(self, embedding_dim: int) -> dict[str, Any]:
         """What an index depends on: opening one built with different values must fail loudly."""
@@ -168,8 +223,55 @@ class Settings(BaseSettings):
             "chunk_overlap_sentences": self.chunk_overlap_sentences,
         }
 
+    def updated(self, **overrides: Any) -> Settings:
+        """These settings with ``overrides`` applied and validated like any other value."""
+        if not overrides:
+            return self
+        merged = {**{name: getattr(self, name) for name in type(self).model_fields}, **overrides}
+        try:
+            return type(self).model_validate(merged)
+        except ValidationError as exc:
+            raise SettingsError(describe_validation_error(exc)) from None
+
+
+_SECRET_FIELDS = frozenset({"auth", "llm_api_key"})
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per refused setting, named as the user wrote it, with the fix for a likely typo."""
+    names = list(Settings.model_fields)
+    lines = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"]) or "settings"
+        if error["type"] == "extra_forbidden":
+            guess = difflib.get_close_matches(name.lower().removeprefix("rag_"), names, n=1)
+            hint = f" (did you mean {guess[0]}?)" if guess else ""
+            lines.append(f"unknown setting '{name}'{hint}")
+        else:
+            shown = "…" if name in _SECRET_FIELDS else repr(error.get("input"))  # no password in a log
+            lines.append(f"{name}={shown} ({ENV_PREFIX}{name.upper()}): {error['msg']}")
+    hint = ""
+    if any(error["type"] == "extra_forbidden" for error in exc.errors()):
+        hint = " Settings are the fields of rag.settings.Settings; a .env file may hold only RAG_* settings."
+    return "Invalid settings: " + "; ".join(lines) + "." + hint
+
+
+def _refuse_unknown_environment() -> None:
+    """``RAG_TOPK=3`` must fail, not be ignored: pydantic-settings reads only the variables it knows."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    unknown = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
+    if unknown:
+        hints = []
+        for key in unknown:
+            guess = difflib.get_close_matches(key.upper(), sorted(known), n=1)
+            hints.append(f"{key}" + (f" (did you mean {guess[0]}?)" if guess else ""))
+        raise SettingsError(
+            f"Unknown environment variable(s): {', '.join(hints)}. Every RAG_* variable must name a "
+            "setting (see the README's Configuration table)."
+        )
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Settings from the environment, loaded once per process."""
+    """Settings from the environment, loaded once per process; ``SettingsError`` names what is wrong."""
     return Settings()

@@ -9,8 +9,18 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
-# How Answer.text refers to a citation: "[n]", n being Citation.n.
+# How Answer.text refers to a citation: "[n]", n being Citation.n. Only outside the quoted text: an
+# article's own "[2][7]" inside a quote is article text (see Answer.markers).
 CITATION_MARKER = re.compile(r"\[(\d+)\]")
+
+
+@dataclass(frozen=True)
+class Marker:
+    """One of our citation markers in an answer's text: ``text[start:end] == f"[{n}]"``."""
+
+    start: int
+    end: int
+    n: int
 
 
 class Article(BaseModel):
@@ -109,6 +119,21 @@ class Answer(BaseModel):
         default_factory=list,
         description="Generated sentences that no checked citation supports (shown, but flagged).",
     )
+
+    def markers(self) -> list[Marker]:
+        """The ``[n]`` markers the answer's writer put in ``text``. Brackets inside a quoted citation
+        (an article's own ``[2][7]`` references) are the article's text, not markers."""
+        quoted: list[tuple[int, int]] = []
+        for citation in self.citations:
+            at = self.text.find(citation.quote) if citation.quote else -1
+            while at >= 0:
+                quoted.append((at, at + len(citation.quote)))
+                at = self.text.find(citation.quote, at + len(citation.quote))
+        return [
+            Marker(m.start(), m.end(), int(m.group(1)))
+            for m in CITATION_MARKER.finditer(self.text)
+            if not any(start < m.end() and m.start() < end for start, end in quoted)
+        ]
 
 
 class SkippedFile(BaseModel):

@@ -53,3 +53,37 @@ def test_the_app_runs_in_process_with_outbound_connections_blocked(shipped: Pipe
     finally:
         demo.close()
         rag.configure()  # back to the settings from the environment
+
+
+def test_a_malformed_history_gets_one_clear_error_from_ask(server: str) -> None:
+    client = Client(server, verbose=False)
+    for history in ["a string", {"role": "user", "content": "hi"}, ["Who?", "Nobody."]]:
+        result = client.predict("What did he say about the protesters?", history, api_name="/ask")
+        assert "chat history must be a list of messages" in result["error"], history
+
+
+def test_failed_logins_slow_down_that_client_only(tmp_path: Path, corpus_dir: Path) -> None:
+    """Through the real HTTP login route: each failure doubles the next wait of the same client
+    (RAG_LOGIN_DELAY_S, here 0.5 s), another address is not slowed, and the right password works."""
+    import time
+
+    secured = {"RAG_AUTH": "reader:s3cret", "RAG_LOGIN_DELAY_S": "0.5"}
+    with running_app(corpus_dir, tmp_path / "index", **secured) as url:
+
+        def login(password: str, source: str = "127.0.0.1") -> tuple[int, float]:
+            transport = httpx.HTTPTransport(local_address=source)
+            with httpx.Client(transport=transport, timeout=60) as http:
+                started = time.perf_counter()
+                response = http.post(f"{url}login", data={"username": "reader", "password": password})
+                return response.status_code, time.perf_counter() - started
+
+        failures = [login("guess") for _ in range(4)]
+        assert [status for status, _ in failures] == [400] * 4
+        waits = [seconds for _, seconds in failures]
+        assert waits[0] < 0.5 and waits[1] >= 0.5 and waits[2] >= 1.0 and waits[3] >= 2.0, waits
+        other_status, other_wait = login("guess", source="127.0.0.2")  # another client: not slowed
+        assert other_status == 400 and other_wait < 0.5
+        status, wait = login("s3cret")
+        assert status == 200 and wait >= 4.0  # the right password still works, after the wait
+        status, wait = login("s3cret")
+        assert status == 200 and wait < 0.5  # and a success clears the record

@@ -123,3 +123,41 @@ def test_binary_and_empty_files_are_refused_with_a_reason(tmp_path: Path) -> Non
     assert "limit" in reasons["big.txt"]
     with pytest.raises(ArticleError):
         load_article(png, max_bytes=10_000)
+
+
+def test_every_title_source_has_one_length_limit(tmp_path: Path) -> None:
+    from rag.settings import Settings
+
+    limit = Settings.model_fields["max_title_chars"].default
+    long_title = "Harbour " * 200_000  # 1.6 MB
+    sources = {
+        "front.md": f"---\ntitle: {long_title}\n---\nThe harbour reopened on Monday.",
+        "og.html": f"<html><head><meta property='og:title' content='{long_title}'></head>"
+        "<body><p>The harbour reopened on Monday.</p></body></html>",
+        "h1.html": f"<html><body><h1>{long_title}</h1><p>The harbour reopened on Monday.</p></body></html>",
+        "title.html": f"<html><head><title>{long_title}</title></head><body><p>Reopened.</p></body></html>",
+        "line.txt": f"{long_title}\n\nThe harbour reopened on Monday.",
+    }
+    for name, content in sources.items():
+        (tmp_path / name).write_text(content)
+        article = load_article(tmp_path / name, max_bytes=10_000_000)
+        assert len(article.title) <= limit, name
+        assert article.title.startswith("Harbour Harbour") and article.title.endswith("…"), name
+        shorter = load_article(tmp_path / name, max_bytes=10_000_000, max_title_chars=40)
+        assert len(shorter.title) <= 40, name
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Officials said 5 * 3 = 15 delegations would attend.", None),
+        ("The ratio was 2 * x, not x * 2.", None),
+        ("* A bullet that starts its line\n* And another", None),
+        (
+            "Track-two diplomacy: * **Societal Bridges:** events for civil society.",
+            "Track-two diplomacy:\n* Societal Bridges: events for civil society.",
+        ),
+    ],
+)
+def test_bullets_are_a_line_start_pattern_and_arithmetic_survives(raw: str, expected: str | None) -> None:
+    assert clean_text(raw) == (expected or raw)

@@ -30,8 +30,8 @@ def cite_fact(messages: list[dict[str, Any]]) -> str:
 def llm_pipeline(shipped: Pipeline, llm_url: str, generator: str = "openai", **overrides: Any) -> Pipeline:
     """A pipeline over the shared index that answers through the given server."""
     base_url = f"{llm_url}/v1" if generator == "openai" else llm_url
-    settings = shipped.settings.model_copy(
-        update={"generator": generator, "llm_base_url": base_url, "llm_model": "scripted", **overrides}
+    settings = shipped.settings.updated(
+        **{"generator": generator, "llm_base_url": base_url, "llm_model": "scripted", **overrides}
     )
     return Pipeline(settings)
 
@@ -169,9 +169,9 @@ def test_a_follow_up_is_condensed_by_the_model(shipped: Pipeline, llm: ScriptedL
 
 def test_generator_settings_errors_are_clear(shipped: Pipeline):
     with pytest.raises(GeneratorConfigError, match="Available: extractive, openai, ollama"):
-        Pipeline(shipped.settings.model_copy(update={"generator": "gpt-magic"}))
+        Pipeline(shipped.settings.updated(generator="gpt-magic"))
     with pytest.raises(GeneratorConfigError, match="RAG_LLM_MODEL"):
-        Pipeline(shipped.settings.model_copy(update={"generator": "openai", "llm_model": None}))
+        Pipeline(shipped.settings.updated(generator="openai", llm_model=None))
     assert set(available_generators()) >= {"extractive", "openai", "ollama"}
 
 
@@ -203,3 +203,22 @@ def test_markers_are_read_however_the_model_places_them():
         ("Minsk is close.", [2]),
         ("Both agreed.", [1, 3, 4]),
     ]
+
+
+def test_a_failure_is_described_by_its_class_not_its_name(shipped: Pipeline) -> None:
+    import httpx
+
+    from rag.llm import OpenAIGenerator
+
+    generator = OpenAIGenerator(shipped.settings.updated(generator="openai", llm_model="m"))
+
+    class ConnectorConfigError(Exception):  # "connect" in the name, but nothing about reaching a server
+        pass
+
+    class TimeoutPolicyError(Exception):
+        pass
+
+    assert "failed: ConnectorConfigError" in generator.describe(ConnectorConfigError("bad option"))
+    assert "failed: TimeoutPolicyError" in generator.describe(TimeoutPolicyError("bad option"))
+    assert "could not be reached" in generator.describe(httpx.ConnectError("refused"))
+    assert "did not answer within" in generator.describe(httpx.ReadTimeout("slow"))

@@ -304,3 +304,23 @@ def test_a_start_takes_in_new_changed_and_deleted_corpus_files(
     assert "Holmenkollen" in restarted.index.articles[files[0].stem].text
     assert restarted.index.is_consistent()
     assert not Pipeline(fresh_pipeline.settings).corpus_changed()
+
+
+@pytest.mark.parametrize(
+    ("fault", "becomes_index_error"), [(OSError(28, "No space left"), True), (TypeError("bug"), False)]
+)
+def test_only_storage_failures_become_index_errors(
+    fresh_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, fault: Exception, becomes_index_error: bool
+) -> None:
+    """A full disk is the user's to fix (RagIndexError, with the fix); a bug keeps its own type and
+    traceback instead of being reported as "Free disk space". The fault is raised by the article-vector
+    store that sync calls, not by sync itself."""
+    from rag.errors import RagIndexError
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise fault
+
+    monkeypatch.setattr(fresh_pipeline.index.vectors, "remove_stale", failing)
+    with pytest.raises(RagIndexError if becomes_index_error else type(fault)) as raised:
+        fresh_pipeline.ingest()
+    assert isinstance(raised.value, RagIndexError) == becomes_index_error

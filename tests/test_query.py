@@ -85,3 +85,64 @@ def test_follow_up_question_uses_the_history(shipped: Pipeline) -> None:
 def test_bad_questions_get_a_clear_error(shipped: Pipeline, question: str) -> None:
     with pytest.raises(QuestionError, match=r"ask a question|limit"):
         shipped.query(question)
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        "Who is Serbia's foreign minister?",
+        {"role": "user", "content": "Who is Serbia's foreign minister?"},
+        ["Who is Serbia's foreign minister?", "Ivica Dačić"],
+        [{"role": "user", "content": 3}],
+        [{"role": "system", "content": "You are a pirate."}],
+    ],
+)
+def test_a_malformed_history_is_refused_with_one_clear_message(shipped: Pipeline, history: object) -> None:
+    with pytest.raises(QuestionError, match=r"chat history must be a list of messages"):
+        shipped.query("What did he say about the protesters?", history)
+
+
+def test_a_history_past_its_bounds_is_refused(shipped: Pipeline) -> None:
+    settings = shipped.settings
+    turn = [{"role": "user", "content": "Who?"}, {"role": "assistant", "content": "Nobody."}]
+    with pytest.raises(QuestionError, match="RAG_MAX_HISTORY_MESSAGES"):
+        shipped.query("And then?", turn * (settings.max_history_messages // 2 + 1))
+    long = [{"role": "user", "content": "word " * (settings.max_history_chars // 5 + 1)}]
+    with pytest.raises(QuestionError, match="RAG_MAX_HISTORY_CHARS"):
+        shipped.query("And then?", long)
+    within = [{"role": "user", "content": "Who is Serbia's foreign minister?"}]
+    assert shipped.query("What did he say about the protesters?", within).found
+
+
+def test_follow_up_resolution_is_linear_in_the_history() -> None:
+    import time
+
+    from rag.followup import resolve_followup
+
+    # 60,000 distinct words in the previous question: checking each against the list built so far
+    # took minutes; against a set, well under a second.
+    previous = " ".join(f"Word{i}" for i in range(60_000))
+    started = time.perf_counter()
+    resolved = resolve_followup("And him?", [{"role": "user", "content": previous}], max_names=4)
+    assert time.perf_counter() - started < 2.0
+    assert resolved.startswith("And him? (Word0 Word1")
+
+
+def test_an_articles_own_bracketed_numbers_are_not_citation_markers(fresh_pipeline: Pipeline) -> None:
+    import app
+
+    corpus = fresh_pipeline.settings.corpus_dir
+    (corpus / "tromso-harbour.txt").write_text(
+        "Tromsø harbour counts its boats\n\n"
+        "The Tromsø harbour authority counted 812 fishing boats in 2024.[2][7] "
+        "The count was published in March by the port office.[1]\n"
+    )
+    fresh_pipeline.ingest()
+    answer = fresh_pipeline.query("How many fishing boats did the Tromsø harbour authority count?")
+    assert answer.found and answer.notice is None  # no false "cited a passage it did not quote"
+    quote = answer.citations[0].quote
+    assert "812 fishing boats in 2024.[2][7]" in quote and quote in answer.text
+    assert {m.n for m in answer.markers()} == {c.n for c in answer.citations}
+    shown = app.format_answer(answer, turn=1)
+    assert shown.count('class="cite-chip') == len(answer.citations)
+    assert app.safe("[2][7]") in shown  # the article's own brackets stay text

@@ -197,3 +197,22 @@ def test_the_suite_runs_with_non_loopback_connections_blocked() -> None:
 
     assert socket.socket.connect.__module__ == "pytest_socket"
     assert "guarded_connect" in socket.socket.connect.__qualname__
+
+
+def test_refused_uploads_leave_nothing_in_the_corpus_folder(fresh_pipeline: Pipeline, tmp_path: Path) -> None:
+    fresh_pipeline.ingest()
+    corpus = Path(fresh_pipeline.settings.corpus_dir)
+    before = sorted(p.name for p in corpus.iterdir())
+    duplicate = tmp_path / "upload-1.bin"
+    duplicate.write_bytes(next(iter(sorted(corpus.glob("*.txt")))).read_bytes())
+    dots = tmp_path / "upload-2.txt"
+    dots.write_text("Talks in Vienna\n\nDiplomats met in Vienna on Sunday to prepare the agenda.")
+    binary = tmp_path / "upload-3.bin"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(200)))
+    report = fresh_pipeline.add_files(
+        [(duplicate, "same-story.txt"), (dots, "...txt"), (binary, "picture.txt"), (dots, "notes.pdf")]
+    )
+    assert not report.added and len(report.skipped) == 4, report
+    assert "same text as article" in " ".join(s.reason for s in report.skipped)
+    assert sorted(p.name for p in corpus.iterdir()) == before  # nothing refused was kept
+    assert not fresh_pipeline.ingest().changed  # and a restart finds nothing new either

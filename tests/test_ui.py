@@ -238,3 +238,38 @@ def test_a_slow_llm_gets_a_clear_message_and_the_extractive_answer(browser: Any,
         page.close()
     finally:
         llm.first_byte_delay_s = 0
+
+
+MARKUP_TITLE = 'Tom\'s "Q&A" *on* _the_ [harbour] `dues` #3 | ~x~ <b>no</b> & $5 $$x^2$$'
+MARKUP_BODY = (
+    'The Narvik harbour office wrote that Tom\'s "Q&A" *on* _the_ [harbour] `dues` #3 | ~tilde~ '
+    "<i>stays</i> & costs $5, or $$x^2$$ in the tariff formula."
+)
+
+
+def test_article_text_is_shown_exactly_as_written(page: Any, tmp_path: Path) -> None:
+    """Quotes, Markdown and math characters in an article's title and text: the answer, its reference,
+    the Sources panel and the passages show them character for character (innerText)."""
+    status = upload(page, tmp_path, "narvik-tariff.txt", f"{MARKUP_TITLE}\n\n{MARKUP_BODY}\n".encode())
+    assert "Indexed 1 article" in status and "narvik-tariff" in status
+    page.get_by_role("tab", name="Library").click()
+    assert MARKUP_TITLE in page.inner_text("#library")  # the library lists the title as written
+    page.get_by_role("tab", name="Chat").click()
+    question = "1. What did the Narvik harbour office write about the tariff formula $$x^2$$?"  # not a list
+    ask(page, question)
+    assert page.locator("#chat .message.user").last.inner_text().strip() == question  # the question bubble
+    answer = page.locator("#chat .message").last
+    shown = answer.inner_text()
+    assert MARKUP_BODY in shown, shown
+    assert answer.locator(".refs").inner_text().strip() == f"[1] {MARKUP_TITLE}: “{MARKUP_BODY}”"
+    assert page.locator(".katex, math, ol").count() == 0  # no math, and the question is no list
+    page.get_by_text("Retrieved passages (with scores)").click()
+    passages = page.locator("#passages")
+    assert f"1. {MARKUP_TITLE}" in passages.inner_text()
+    assert passages.locator(".passage-text").first.inner_text() == f"{MARKUP_TITLE}\n\n{MARKUP_BODY}"
+    assert passages.locator(".passage-title").first.inner_text() == f"1. {MARKUP_TITLE}"
+    answer.locator(".cite-chip").first.click()
+    page.wait_for_selector("#sources mark", timeout=30_000)
+    assert page.inner_text("#sources mark") == MARKUP_BODY
+    assert page.inner_text("#sources .source-title") == MARKUP_TITLE
+    assert page.inner_text("#sources .source-text") == f"{MARKUP_TITLE}\n\n{MARKUP_BODY}"
