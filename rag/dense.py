@@ -30,7 +30,6 @@ from rag.settings import Settings
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
-    from chromadb.api.types import Where
 
 
 def chunk_id(article_id: str, content_hash: str, index: int) -> str:
@@ -150,16 +149,18 @@ class DenseIndex:
         distances = (result["distances"] or [[]])[0]
         return [(i, 1.0 - float(d)) for i, d in zip(result["ids"][0], distances, strict=True)]
 
-    def ids(self, article_ids: Iterable[str] | None = None) -> set[str]:
-        """Every chunk id, or those of some articles."""
+    def ids(self) -> set[str]:
+        """Every chunk id."""
         with self._lock:
-            if article_ids is None:
-                return set(self.collection.get(include=[])["ids"])
-            wanted: list[str | int | float | bool] = sorted(set(article_ids))
-            if not wanted:
-                return set()
-            article_filter: Where = {"article_id": {"$in": wanted}}  # type: ignore[dict-item]
-            return set(self.collection.get(where=article_filter, include=[])["ids"])
+            return set(self.collection.get(include=[])["ids"])
+
+    def present(self, ids: Iterable[str]) -> set[str]:
+        """Which of these chunk ids Chroma holds."""
+        wanted = sorted(ids)
+        if not wanted:
+            return set()
+        with self._lock:
+            return set(self.collection.get(ids=wanted, include=[])["ids"])
 
     def embeddings(self, ids: list[str]) -> np.ndarray:
         with self._lock:

@@ -129,6 +129,7 @@ class Plan:
     upserts: list[IndexedArticle] = field(default_factory=list)
     removals: list[str] = field(default_factory=list)
     catalog: dict[str, CatalogEntry] = field(default_factory=dict)  # every article after the commit
+    previous: dict[str, CatalogEntry] = field(default_factory=dict)  # every article before it
 
 
 class ArticleIndex:
@@ -433,7 +434,11 @@ class ArticleIndex:
         scope = None if full else set(upserted) | set(plan.removals)
         wanted_entries = [e for e in plan.catalog.values() if scope is None or e.id in scope]
         wanted = {cid for e in wanted_entries for cid in chunk_ids(e)}
-        existing = self.dense.ids(scope)
+        if scope is None:
+            existing = self.dense.ids()
+        else:  # looked up by id: a filter on article_id scans Chroma's metadata (0.11 s at 3,000 articles)
+            before = {cid for i in scope if i in plan.previous for cid in chunk_ids(plan.previous[i])}
+            existing = self.dense.present(wanted | before)
         todo_ids = [
             e.id
             for e in wanted_entries

@@ -198,8 +198,9 @@ def serve(corpus: Path, index: Path, log: Path) -> tuple[subprocess.Popen[bytes]
 
 
 def test_a_server_killed_during_an_upload_is_repaired_and_readers_never_notice(tmp_path: Path) -> None:
-    """SIGKILL of the app while it indexes an upload, at two moments, with a reader process asking
-    throughout: the reader never fails, and the next start indexes every uploaded file exactly once."""
+    """SIGKILL of the app while it indexes an upload, at two moments (as its ingest starts, and once it
+    has written some articles' vectors), with a reader process asking throughout: the reader never
+    fails, and the next start indexes every uploaded file exactly once."""
     import threading
 
     from gradio_client import Client, handle_file
@@ -214,8 +215,9 @@ def test_a_server_killed_during_an_upload_is_repaired_and_readers_never_notice(t
     uploaded: list[Path] = []
     try:
         wait_for(lambda: log.exists() and "ready" in log.read_text(), 120, "the reader to start")
-        for round_, delay in enumerate((0.0, 2.0)):
-            batch = write_distractor_corpus(CORPUS, tmp_path / f"upload-{round_}", 40, seed=round_ + 101)
+        vectors = index / "vectors"
+        for round_, written in enumerate((0, 10)):
+            batch = write_distractor_corpus(CORPUS, tmp_path / f"upload-{round_}", 80, seed=round_ + 101)
             uploaded += batch
             proc, url = serve(corpus, index, tmp_path / f"serve-{round_}.log")
             client = Client(url, verbose=False)
@@ -228,7 +230,10 @@ def test_a_server_killed_during_an_upload_is_repaired_and_readers_never_notice(t
             sender.start()
             marker = index / "ingest-in-progress.json"
             wait_for(marker.exists, 120, "the upload's ingest to start")
-            time.sleep(delay)
+            target = len(list(vectors.glob("synthetic-*"))) + written
+            while len(list(vectors.glob("synthetic-*"))) < target:  # this many articles' vectors written
+                assert marker.exists(), "the ingest finished before it could be interrupted"
+                time.sleep(0.05)
             proc.kill()
             proc.wait(timeout=30)
             sender.join(timeout=60)
