@@ -1,9 +1,8 @@
 """The question sets `make eval` runs, each over its own corpus.
 
-By default: the shipped set (``evals/questions.jsonl`` over ``corpus/``), the news set
-(``evals/news/``, when its articles are available) and ``wiki-squad2`` (read from ``../shared/data``
-beside the repository at eval time, never copied into it; skipped with a note when absent).
-``--set NAME=QUESTIONS:CORPUS`` adds others.
+By default: the shipped set (``evals/questions.jsonl`` over ``corpus/``) and ``wiki-squad2`` (read from
+``../shared/data`` beside the repository at eval time, never copied into it; skipped with a note when
+absent). ``--set NAME=QUESTIONS:CORPUS`` adds others.
 
 SQuAD-style sets say where an answer is by the paragraph (``context``, ``context_start``) in a document
 (``doc_id``, its file name without ``.txt``); ``locate_gold`` finds that paragraph in the article as the
@@ -51,26 +50,12 @@ def default_sets(shared_data: Path = SHARED_DATA) -> tuple[list[QuestionSet], li
     """The sets run by default, and a line for each one that is not available here."""
     sets = [QuestionSet("shipped", HERE / "questions.jsonl", REPO / "corpus")]
     notes = []
-    news = news_set()
-    if news is not None:
-        sets.append(news)
-    else:
-        notes.append("news: skipped, its articles are not available (see evals/news/README.md)")
     squad = shared_data / "wiki-squad2"
     if (squad / "questions.jsonl").is_file() and (squad / "docs").is_dir():
         sets.append(QuestionSet("wiki-squad2", squad / "questions.jsonl", squad / "docs"))
     else:
         notes.append(f"wiki-squad2: skipped, {squad} is absent")
     return sets, notes
-
-
-def news_set() -> QuestionSet | None:
-    """The news questions over their articles, when the articles are there (see evals/news/)."""
-    questions = HERE / "news" / "questions.jsonl"
-    corpus = HERE / "news" / "articles"
-    if questions.is_file() and corpus.is_dir():
-        return QuestionSet("news", questions, corpus)
-    return None
 
 
 def select(sets: Iterable[QuestionSet], only: list[str]) -> list[QuestionSet]:
