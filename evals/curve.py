@@ -107,7 +107,7 @@ def plot_curves(curves: dict[str, tuple[list[CurvePoint], CurvePoint]], path: Pa
                 label="unanswerable abstained",
                 linestyle="--",
             )
-        label = f"min_answer_score {operating.threshold:g}"
+        label = f"min_answer_score {operating.threshold:g} (● right, × abstained)"
         if operating.accuracy is not None:
             ax.scatter([operating.coverage], [operating.accuracy], color="black", zorder=3, label=label)
         if operating.abstained is not None:
