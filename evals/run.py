@@ -307,7 +307,7 @@ def plot_bars(results: list[SetResult], path: Path) -> None:
 
     keys = QUALITY_KEYS
     x = range(len(keys))
-    fig, axes = plt.subplots(len(results), 1, figsize=(11, 3.6 * len(results)), squeeze=False)
+    fig, axes = plt.subplots(len(results), 1, figsize=(13, 3.6 * len(results)), squeeze=False)
     for ax, r in zip(axes[:, 0], results, strict=True):
         ours, peer = r.ours_summary, r.peer_summary
 
@@ -326,7 +326,7 @@ def plot_bars(results: list[SetResult], path: Path) -> None:
             )
         ax.set_xticks(list(x), [k.replace("_", " ") for k in keys], rotation=15, ha="right")
         ax.set_ylim(0, 1.05)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.set_title(f"{r.name} ({ours.n} questions): quality, higher is better")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
