@@ -1,7 +1,8 @@
 """`make eval`: every question set through rag.query and through the LangChain tutorial peer.
 
-Each set is indexed from its own corpus in a temporary folder. Per set it prints a side-by-side table
-(ours, the peer) and ours by question type; then a summary of all sets. It also draws the
+Each set is indexed from its own corpus in a temporary folder and each question put to us and then to
+the peer, so that both meet the same load. Per set it prints a side-by-side table (ours, the peer) and
+ours by question type; then a summary of all sets. It also draws the
 risk-coverage curve of ours per set (``evals/curve.py``): the set is asked again with abstention off,
 and the abstention threshold is swept over ``Answer.confidence``. Writes ``evals/results/eval.json``,
 ``eval.png`` (quality bars, a panel per set), ``risk_coverage.json`` and ``risk_coverage.png``.
@@ -107,9 +108,14 @@ def history_for(question: dict[str, Any], asked: dict[str, tuple[str, str]]) -> 
     return [{"role": "user", "content": prev_question}, {"role": "assistant", "content": prev_answer}]
 
 
-def run_ours(pipeline: Pipeline, questions: list[dict[str, Any]]) -> list[Outcome]:
+def run_ours(
+    pipeline: Pipeline, questions: list[dict[str, Any]], peer: TutorialBaseline | None = None
+) -> tuple[list[Outcome], list[Outcome]]:
+    """Our outcomes and, when ``peer`` is given, the peer's: each question is put to the peer right
+    after us, so that both meet the same load on a shared machine and their latencies compare."""
     asked: dict[str, tuple[str, str]] = {}
     outcomes: list[Outcome] = []
+    peer_outcomes: list[Outcome] = []
     for q in sorted(questions, key=lambda q: bool(q.get("previous"))):
         started = time.perf_counter()
         answer = pipeline.query(q["question"], history=history_for(q, asked))
@@ -132,29 +138,27 @@ def run_ours(pipeline: Pipeline, questions: list[dict[str, Any]]) -> list[Outcom
                 confidence=answer.confidence,
             )
         )
-    return outcomes
+        if peer is not None:
+            peer_outcomes.append(ask_peer(peer, q))
+    return outcomes, peer_outcomes
 
 
-def run_baseline(baseline: TutorialBaseline, questions: list[dict[str, Any]]) -> list[Outcome]:
-    outcomes = []
-    for q in questions:
-        started = time.perf_counter()
-        result = baseline.query(q["question"])
-        seconds = time.perf_counter() - started
-        outcomes.append(
-            judge(
-                q,
-                found=bool(result["text"]),
-                text=result["text"],
-                passages=result["passages"],
-                passage_locations=result["passage_locations"],
-                quotes=result["quotes"],
-                quote_locations=result["quote_locations"],
-                invalid_citations=result["invalid"],
-                seconds=seconds,
-            )
-        )
-    return outcomes
+def ask_peer(baseline: TutorialBaseline, q: dict[str, Any]) -> Outcome:
+    """The peer has no chat history: a follow-up is asked as it stands."""
+    started = time.perf_counter()
+    result = baseline.query(q["question"])
+    seconds = time.perf_counter() - started
+    return judge(
+        q,
+        found=bool(result["text"]),
+        text=result["text"],
+        passages=result["passages"],
+        passage_locations=result["passage_locations"],
+        quotes=result["quotes"],
+        quote_locations=result["quote_locations"],
+        invalid_citations=result["invalid"],
+        seconds=seconds,
+    )
 
 
 def graded(outcomes: list[Outcome]) -> list[Graded]:
@@ -193,22 +197,30 @@ def evaluate_set(qset: QuestionSet, work: Path, with_peer: bool) -> SetResult:
             unlocated += q["gold"] is None
     if unlocated:
         notes.append(f"{unlocated} gold paragraphs not found in the cleaned text (scored as misses)")
+    baseline = None
+    if with_peer:
+        baseline = TutorialBaseline(articles, settings.embedding_model, work / "baseline")
+        baseline.query("warm-up question")
     pipeline.query("warm-up question")  # load the model before timing
     console.print(f"[bold]{qset.name}[/]: {len(questions)} questions over {len(articles)} articles")
-    ours = run_ours(pipeline, questions)
+    ours, peer_outcomes = run_ours(pipeline, questions, baseline)
+    peer = peer_outcomes if baseline is not None else None
     # The same index, asked again with abstention off: the answer each question would get, and its
     # confidence, for the risk-coverage sweep.
     open_settings = Settings(
         corpus_dir=qset.corpus, index_dir=work / "index", progress=False, min_answer_score=NO_ABSTENTION
     )
-    unrestrained = run_ours(Pipeline(open_settings), questions)
+    unrestrained, _ = run_ours(Pipeline(open_settings), questions)
     points = sweep(graded(unrestrained))
     operating = point_at(graded(unrestrained), settings.min_answer_score)
-    peer = None
-    if with_peer:
-        baseline = TutorialBaseline(articles, settings.embedding_model, work / "baseline")
-        baseline.query("warm-up question")
-        peer = run_baseline(baseline, questions)
+    answered = sum(o.found for o in ours if o.answerable)
+    abstained = sum(not o.found for o in ours if not o.answerable)
+    if (answered, abstained) != (operating.answered, operating.abstained_count):
+        notes.append(
+            f"the curve at min_answer_score answers {operating.answered} and abstains on "
+            f"{operating.abstained_count}; the run with abstention on answered {answered} and abstained "
+            f"on {abstained} (a follow-up's history holds the previous answer, which differs)"
+        )
     return SetResult(
         qset.name,
         qset.questions,
