@@ -137,9 +137,7 @@ def run_ours(pipeline: Pipeline, questions: list[dict[str, Any]]) -> list[Outcom
 
 
 def run_baseline(baseline: TutorialBaseline, questions: list[dict[str, Any]]) -> list[Outcome]:
-    """The peer's outcomes, asked after ours in a block of their own. Asked in turn with ours, question
-    by question, the peer's p50 on the shipped set was 108-756 ms in three runs, against 28-97 ms in a
-    block of its own on the same loaded machine: its PyTorch threads and our ONNX Runtime ones interfere."""
+    """The peer's outcomes, asked after ours (as the bench does: one system at a time)."""
     return [ask_peer(baseline, q) for q in questions]
 
 
