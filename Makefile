@@ -47,7 +47,7 @@ format: setup
 clean:
 	rm -rf .rag_index .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
-eval: setup  ## quality on evals/questions.jsonl, ours beside the LangChain tutorial baseline
+eval: setup  ## every question set (shipped, ../shared/data/wiki-squad2, EVAL_ARGS="--set N=Q:C"), ours beside the LangChain peer, with risk-coverage curves
 	$(BIN)/python -m evals.run $(EVAL_ARGS)
 
 load: setup  ## 20 concurrent chat sessions x 10 questions against a local `rag serve` (loopback only)

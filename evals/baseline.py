@@ -46,9 +46,19 @@ class TutorialBaseline:
             start = int(top.metadata["start_index"])
             text = self.texts[top.metadata["article_id"]]
             invalid = int(text[start : start + len(top.page_content)] != top.page_content)
+        locations = [
+            (
+                d.metadata["article_id"],
+                int(d.metadata["start_index"]),
+                int(d.metadata["start_index"]) + len(d.page_content),
+            )
+            for d in docs
+        ]
         return {
             "text": top.page_content if top else "",
             "passages": [d.page_content for d in docs],
+            "passage_locations": locations,
             "quotes": [top.page_content] if top else [],
+            "quote_locations": locations[:1],
             "invalid": invalid,
         }

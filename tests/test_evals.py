@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
-from evals.metrics import Outcome, score_outcome, summarize
+import pytest
+
+from evals.curve import Graded, area_under, curve_json, point_at, sweep
+from evals.metrics import Outcome, contains_answer, judge, normalize_answer, score_outcome, summarize
 from evals.run import HERE, calibrate, load_questions
+from evals.sets import QuestionSet, SetSpecError, default_sets, locate_gold, parse_set_spec, select
 from evals.synth import MarkovWriter, source_sentences, write_distractor_corpus
+from rag.types import IndexedArticle
 from tests.conftest import CORPUS
 
 
@@ -88,3 +94,127 @@ def test_benchmark_distractors_restate_no_source_sentence_and_name_no_source_nam
         tokens = sentence.split()
         masked = [r"\S+" if re.match(r"[A-Z\d]", t) else re.escape(t) for t in tokens[1:]]
         assert not re.search(r"\s+".join([re.escape(tokens[0]), *masked]), distractors), sentence
+
+
+# --- answer normalisation, question sets, the risk-coverage sweep ---------------------------------
+
+
+def test_answers_are_normalised_as_squad_does_and_matched_as_whole_words() -> None:
+    assert normalize_answer("The  Treaty of Rome, 1957!") == "treaty of rome 1957"
+    assert normalize_answer("“Track-two” diplomacy") == "track two diplomacy"
+    assert contains_answer("Signed as the Treaty of Rome [1].", ["treaty of Rome"])
+    assert contains_answer(
+        "However,he noted: for us,Minsk is the best place [1]", ["Minsk is the best place"]
+    )
+    assert contains_answer("Serbia’s foreign minister", ["Serbia"])
+    assert not contains_answer("thus it went", ["US"])
+    assert not contains_answer("in 19790 [1]", ["1979"])
+    assert not contains_answer("The articles do not say.", [])
+    # a citation marker is not a number in the answer
+    assert not contains_answer("It happened then. [1]", ["1"])
+
+
+def test_squad_style_questions_are_scored_by_the_gold_paragraph() -> None:
+    question = {
+        "id": "s1",
+        "question": "When was the second oil crisis?",
+        "answers": ["1979"],
+        "gold": ["oil", 100, 400],
+    }
+    elsewhere = ("oil", 900, 1200)  # holds the answer, but not where the question was written
+    at_gold = ("oil", 350, 1000)
+    scored = judge(
+        question,
+        found=True,
+        text="followed by the 1979 oil crisis [1]",
+        passages=["the 1979 oil crisis, again", "followed by the 1979 oil crisis"],
+        passage_locations=[elsewhere, at_gold],
+        quotes=["followed by the 1979 oil crisis"],
+        quote_locations=[at_gold],
+        invalid_citations=0,
+        seconds=0.01,
+    )
+    assert scored.type == "factoid" and scored.answerable
+    assert scored.first_support_rank == 2 and scored.contains_answer and scored.cited_support
+    unanswerable = judge(
+        {"id": "s2", "question": "?", "answers": [], "doc_id": None},
+        found=False,
+        text="The articles do not say.",
+        passages=["x"],
+        quotes=[],
+        invalid_citations=0,
+        seconds=0.01,
+    )
+    assert unanswerable.type == "unanswerable" and not unanswerable.answerable
+
+
+def test_the_gold_paragraph_is_found_in_the_cleaned_text() -> None:
+    text = (
+        "Title\nA first paragraph.\nThe gold paragraph, said twice.\nMore.\nThe gold paragraph, said twice."
+    )
+    article = IndexedArticle(
+        id="doc-a",
+        title="Title",
+        text=text,
+        source="/data/docs/Doc_A.txt",
+        content_hash="h",
+        chunks=[],
+        sentences=[],
+    )
+    context = "The gold paragraph, said twice."
+    question = {"doc_id": "Doc_A", "context": context, "context_start": 70}
+    assert locate_gold(question, [article]) == ["doc-a", text.rindex(context), len(text)]
+    assert locate_gold({**question, "context_start": 0}, [article])[1] == text.index(context)
+    assert locate_gold({**question, "doc_id": "Other"}, [article]) is None
+    assert locate_gold({"doc_id": None, "context": None}, [article]) is None
+
+
+def test_set_specs_are_parsed_and_checked(tmp_path: Path) -> None:
+    spec = parse_set_spec("news=evals/news/q.jsonl:/data/news articles/")
+    assert spec == QuestionSet("news", Path("evals/news/q.jsonl"), Path("/data/news articles/"))
+    assert parse_set_spec("x=C:/q.jsonl:docs").questions == Path(
+        "C:/q.jsonl"
+    )  # the corpus follows the last colon
+    for bad in ["news", "news=q.jsonl", "=q.jsonl:docs", "news=:docs", "news=q.jsonl:"]:
+        with pytest.raises(SetSpecError):
+            parse_set_spec(bad)
+    sets, notes = default_sets(shared_data=tmp_path)  # no wiki-squad2 here
+    assert sets[0].name == "shipped" and "wiki-squad2" not in {s.name for s in sets}
+    assert any(n.startswith("wiki-squad2: skipped") for n in notes)
+    squad = tmp_path / "wiki-squad2"
+    (squad / "docs").mkdir(parents=True)
+    (squad / "questions.jsonl").write_text("{}\n")
+    sets, _ = default_sets(shared_data=tmp_path)
+    assert QuestionSet("wiki-squad2", squad / "questions.jsonl", squad / "docs") in sets
+    assert [s.name for s in select(sets, ["wiki-squad2"])] == ["wiki-squad2"]
+    with pytest.raises(SetSpecError):
+        select(sets, ["nope"])
+
+
+def test_risk_coverage_sweep_on_hand_made_outcomes() -> None:
+    graded = [
+        Graded(0.9, True, True),
+        Graded(0.8, True, False),
+        Graded(0.7, False, False),
+        Graded(0.6, True, True),
+        Graded(0.2, False, False),
+        Graded(0.1, True, False),
+    ]
+    points = sweep(graded)
+    assert [p.threshold for p in points] == [0.1, 0.2, 0.6, 0.7, 0.8, 0.9, math.inf]
+    everything = points[0]
+    assert everything.coverage == 1.0 and everything.accuracy == 0.5 and everything.abstained == 0.0
+    at_06 = point_at(graded, 0.6)
+    assert at_06.coverage == 0.75 and at_06.accuracy == pytest.approx(2 / 3) and at_06.abstained == 0.5
+    at_08 = point_at(graded, 0.8)
+    assert (at_08.coverage, at_08.accuracy, at_08.abstained) == (0.5, 0.5, 1.0)
+    assert points[-1].coverage == 0.0 and points[-1].accuracy is None and points[-1].abstained == 1.0
+    # only the order of the confidences matters: any increasing rescaling gives the same curve
+    rescaled = sweep([g._replace(confidence=math.log(g.confidence) * 7 - 3) for g in graded])
+    assert [(p.coverage, p.accuracy, p.abstained) for p in rescaled] == [
+        (p.coverage, p.accuracy, p.abstained) for p in points
+    ]
+    assert area_under(points) is not None and 0 < area_under(points) <= 1  # type: ignore[operator]
+    written = curve_json(points, at_06)
+    assert written["points"][-1]["threshold"] is None and written["operating_point"]["threshold"] == 0.6
+    json.dumps(written)
