@@ -84,3 +84,21 @@ def test_setup_errors_name_the_fix_without_a_traceback(tmp_path: Path, corpus_di
     unknown = rag("ask", "Who offered to host the talks?", env={**env, "RAG_GENERATOR": "gpt-magic"})
     assert unknown.returncode == 1
     assert "Unknown generator 'gpt-magic'" in unknown.stdout and "Traceback" not in unknown.stderr
+
+
+def test_check_finds_what_does_not_match_the_articles_and_repair_fixes_it(
+    tmp_path: Path, corpus_dir: Path
+) -> None:
+    index = tmp_path / "index"
+    env = {**os.environ, "RAG_INDEX_DIR": str(index), "RAG_CORPUS_DIR": str(corpus_dir), "COLUMNS": "200"}
+    assert rag("ingest", env=env).returncode == 0
+    healthy = rag("check", env=env)
+    assert healthy.returncode == 0 and "consistent: 5 articles" in healthy.stdout
+    victim = sorted((index / "vectors").glob("*.f32"))[0]
+    victim.unlink()  # what a careless cleanup leaves
+    broken = rag("check", env=env)
+    assert broken.returncode == 1 and "1 article vector file(s) missing" in broken.stdout
+    assert "rag check --repair" in broken.stdout and "Traceback" not in broken.stderr
+    repaired = rag("check", "--repair", env=env)
+    assert repaired.returncode == 0 and "consistent: 5 articles" in repaired.stdout
+    assert victim.exists()
