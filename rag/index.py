@@ -396,11 +396,14 @@ class ArticleIndex:
             yield handle
 
     @contextmanager
-    def writing(self, paths: Iterable[str], on_wait: Callable[[], None] | None = None) -> Iterator[bool]:
-        """Exclusive write access (waiting up to ``ingest_wait_s`` for another writer), with a marker
-        that survives a crash until the write completes. Yields whether a dead writer's marker was
-        there: its ingest must be completed by comparing every store."""
-        with self._lock_file(self.settings.ingest_wait_s, on_wait), self.store.writer():
+    def writing(
+        self, paths: Iterable[str], on_wait: Callable[[], None] | None = None, wait_s: float | None = None
+    ) -> Iterator[bool]:
+        """Exclusive write access (waiting up to ``wait_s``, by default ``ingest_wait_s``, for another
+        writer), with a marker that survives a crash until the write completes. Yields whether a dead
+        writer's marker was there: its ingest must be completed by comparing every store."""
+        wait = self.settings.ingest_wait_s if wait_s is None else wait_s
+        with self._lock_file(wait, on_wait), self.store.writer():
             marker = self.root / _IN_PROGRESS
             resumed = marker.exists()
             try:

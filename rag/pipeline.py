@@ -19,7 +19,14 @@ from rag.article_store import CatalogEntry, text_hash
 from rag.articles import SUPPORTED_SUFFIXES, article_id_for, folder_stamps, load_article, scan_articles
 from rag.chunking import chunk_article, sentence_spans
 from rag.embeddings import Embedder
-from rag.errors import ArticleError, ArticleNotFoundError, GeneratorError, IndexChangedError, QuestionError
+from rag.errors import (
+    ArticleError,
+    ArticleNotFoundError,
+    GeneratorError,
+    IndexBusyError,
+    IndexChangedError,
+    QuestionError,
+)
 from rag.followup import resolve_followup, validate_history
 from rag.generate import GenerationRequest, make_generator
 from rag.grounding import Grounder
@@ -51,17 +58,19 @@ class Pipeline:
         rebuild: bool = False,
         full: bool = False,
         on_wait: Callable[[], None] | None = None,
+        wait_s: float | None = None,
     ) -> IngestReport:
         """Index new and changed articles, drop deleted ones; a second run changes nothing.
 
-        Another ingest holding the index is waited for (up to ``ingest_wait_s``; ``on_wait`` is told
-        once when waiting starts), and the plan is made from the state it committed, so no ingest
-        writes back a stale copy of what another one added. ``full`` compares every stored article with
-        every store (``rag check --repair``), as a first build and the completion of a crashed ingest do.
+        Another ingest holding the index is waited for (up to ``wait_s``, by default ``ingest_wait_s``;
+        ``on_wait`` is told once when waiting starts), and the plan is made from the state it committed,
+        so no ingest writes back a stale copy of what another one added. ``full`` compares every stored
+        article with every store (``rag check --repair``), as a first build and the completion of a
+        crashed ingest do.
         """
         started = time.perf_counter()
         targets = [Path(p) for p in paths] if paths is not None else [Path(self.settings.corpus_dir)]
-        with self.index.writing((str(p) for p in targets), on_wait) as resumed:
+        with self.index.writing((str(p) for p in targets), on_wait, wait_s) as resumed:
             # A full comparison with every store on a first build, a rebuild, or to finish an ingest whose
             # writer died; otherwise only the articles this ingest touches are compared.
             full = full or rebuild or resumed or not self.index.exists
@@ -216,14 +225,24 @@ class Pipeline:
             if interrupted is not None:
                 log.warning("Completing an interrupted ingest of %s", interrupted or "the corpus")
                 self.ingest(interrupted or None)
-            if not self.index.exists or self.corpus_changed():
+            if not self.index.exists:
                 self.ingest()
+            elif self.corpus_changed():
+                self._sync_corpus_unless_busy()
             self.index.check_compatible()
             if not self.index.sparse_ready():
                 log.warning("Repairing the BM25 index in %s", self.index.root)
                 self.ingest()
             self.index.dense.collection  # noqa: B018  (open Chroma now, not inside the first visitor's request)
             self._prepared = True
+
+    def _sync_corpus_unless_busy(self) -> None:
+        """Take in the corpus folder's changes now, unless another ingest is writing: a chat that starts
+        meanwhile answers from the committed state rather than wait (the next start takes them in)."""
+        try:
+            self.ingest(wait_s=0)
+        except IndexBusyError:
+            log.warning("Another ingest is running; the corpus folder's changes wait for the next start")
 
     def corpus_changed(self) -> bool:
         """Whether the corpus folder holds a file the index does not have as it is, or lacks one it has."""
