@@ -32,6 +32,8 @@ class Candidate:
 
     chunk: Chunk
     fused: float = 0.0
+    dense_rank: int | None = None  # 0-based rank in each retriever's list, None when it did not propose it
+    sparse_rank: int | None = None
     shingles: frozenset[int] = field(default_factory=frozenset)
 
 
@@ -98,9 +100,11 @@ class HybridRetriever:
         for rank, (chunk, _similarity) in enumerate(self.index.dense_search(query_vector, k)):
             cand = pool.setdefault((chunk.article_id, chunk.index), Candidate(chunk))
             cand.fused += 1.0 / (self.settings.rrf_k + rank + 1)
+            cand.dense_rank = rank if cand.dense_rank is None else cand.dense_rank
         for rank, (chunk, _score) in enumerate(self.sparse_search(query, k)):
             cand = pool.setdefault((chunk.article_id, chunk.index), Candidate(chunk))
             cand.fused += self.settings.sparse_weight / (self.settings.rrf_k + rank + 1)
+            cand.sparse_rank = rank if cand.sparse_rank is None else cand.sparse_rank
         ranked = sorted(pool.values(), key=lambda c: c.fused, reverse=True)
         limit = limit or self.settings.top_k
         distinct = self._drop_near_duplicates(ranked, self.settings.mmr_pool + limit)
