@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 7860
 
-.PHONY: setup run test lint format eval load bench chroma browser clean
+.PHONY: setup run test lint format eval load bench chroma browser clean train validate
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -53,3 +53,9 @@ chroma: setup  ## a Chroma server on 127.0.0.1 (use it with RAG_CHROMA_URL=http:
 
 bench: setup  ## speed, memory and hit@5 at 5 / 300 / 3,000 articles, ours beside the LangChain peer
 	$(BIN)/python -m evals.bench $(BENCH_ARGS)
+
+train: setup  ## fit the answer scorer on SQuAD v1.1 train (../shared/data) into rag/models/answer_scorer.json
+	nice -n 5 $(BIN)/python -m evals.train_scorer train $(TRAIN_ARGS)
+
+validate: setup  ## the answer step on wiki-squad2 (600 questions) and evals/questions.jsonl
+	$(BIN)/python -m evals.train_scorer validate $(VALIDATE_ARGS)

@@ -1,20 +1,34 @@
 """Stage 5: the extractive answer: the sentence (or tightest clause) that answers, quoted and cited.
 
-Candidate sentences come from the top retrieved passages. Each is scored by meaning (cosine to the
-question), by the question's words it contains, by its passage's rank, and by whether it holds the
-kind of thing asked for (a number for "how many", a name for "who"). The best is quoted verbatim with
-its offsets; a second one from another article joins it when it scores nearly as well, so a question
-spanning two articles cites both. Weak best evidence means the articles do not answer: we say so.
+Candidate sentences come from the top retrieved passages. A logistic model fitted on SQuAD questions
+run through this pipeline (`rag/answer_model.py`, features in `rag/answer_features.py`) ranks them by
+meaning, the question's words and names they hold, whether they hold the kind of thing asked for, and
+their passage's retrieval; the leaders are re-ranked with their own embedding. The best is quoted
+verbatim with its offsets, after a short answer (the name, place, date or number asked for) cut from
+it; sentences from other articles join it when the question asks for several things and they score
+nearly as well. A second fitted model gives the probability that the quote answers the question: below
+``settings.min_answer_score`` the answer is that the articles do not say.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rag.answer_features import (
+    Question,
+    SentenceContext,
+    evidence_features,
+    expected_kind,
+    leader_features,
+    new_of_kind,
+    sentence_features,
+)
+from rag.answer_model import AnswerModel, load_model
 from rag.retrieve import Candidate, jaccard, shingles
 from rag.settings import Settings
 from rag.sparse import tokenize
@@ -24,19 +38,10 @@ if TYPE_CHECKING:
     from rag.embeddings import Embedder
     from rag.index import ArticleIndex
 
+__all__ = ["NOT_FOUND", "ExtractiveAnswerer", "expected_kind", "has_kind", "quote", "short_answer"]
+
 NOT_FOUND = "The articles do not say."
 _WORD = re.compile(r"\S+")
-_NUMBER = re.compile(
-    r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|hundred|thousand|million|billion)\b",
-    re.IGNORECASE,
-)
-_DATE = re.compile(
-    r"\b(1[89]\d\d|20\d\d|january|february|march|april|may|june|july|august|september|"
-    r"october|november|december|monday|tuesday|wednesday|thursday|friday|saturday|sunday|"
-    r"week|month|year|today|yesterday)\b",
-    re.IGNORECASE,
-)
-_PROPER = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z’'-]+")
 _TERMINAL = re.compile(r"[.!…:][\"'”’)\]]*$")
 # Shorter than this is a fragment ("Come."), not an answer.
 _MIN_ANSWER_WORDS = 4
@@ -44,72 +49,109 @@ _MIN_ANSWER_WORDS = 4
 _SHORT_SENTENCE_WORDS = 8
 # Unpunctuated lines shorter than this are headlines and section titles.
 _HEADLINE_MAX_WORDS = 15
-# Two or more capitalised words in a row: how a person's name looks in news text.
-_FULL_NAME = re.compile(r"\b[A-Z][\w’'-]+(?:\s+\[?[A-Z][\w’'-]+\]?)+")
 # A sentence opening like this continues the one before it ("They advocate …", "This means …").
 _CONTINUATION = re.compile(r"^[\"“‘']?(they|he|she|it|this|these|that|those|such|his|her|their|its)\b", re.I)
 _CLAUSE = re.compile(r"(?<=[,;:—–])\s+|\s+(?=[—–]\s)")
+# "Which two capitals …", "who all …", "both …", "which cities …": the answer may lie in several articles.
+_SEVERAL = re.compile(
+    r"\b(which|what) (two|three|four|several|both|\w+(?<!s)s)\b|\bwho all\b|\bboth\b|\bwhich of\b", re.I
+)
 
-
-@dataclass
-class Scorer:
-    """Weights of the sentence score; together they sum to about 1 so the threshold reads as a score."""
-
-    meaning: float = 0.55
-    words: float = 0.25
-    rank: float = 0.10
-    kind: float = 0.10
-
-
-@dataclass(frozen=True)
-class Sentence:
-    article: IndexedArticle
-    index: int  # position in article.sentences
-    span: Span
-    passage_rank: int
-
-
-@dataclass
-class Evidence:
-    article: IndexedArticle
-    index: int  # position in article.sentences
-    span: Span
-    score: float
-    passage_rank: int
-
-    @property
-    def text(self) -> str:
-        return self.article.text[self.span.start : self.span.end]
-
-
-def expected_kind(question: str) -> str | None:
-    """What sort of answer the question wants, from its wh-word."""
-    q = question.lower()
-    if re.search(r"\bhow (many|much|far|long|old)\b|\bwhat (number|percentage|share)\b", q):
-        return "number"
-    if re.search(r"\bwhen\b|\bdate\b|\bwhat (year|day|month)\b|\bsince when\b", q):
-        return "date"
-    if re.search(r"\bwho\b|\bwhom\b|\bwhose\b", q):
-        return "person"
-    if re.search(r"\bwhere\b|\bwhich (city|country|capital|place|venue)\b", q):
-        return "place"
-    return None
+# --- short answers: spans of the quote that are the thing asked for ---------------------------------
+_UNIT = (
+    r"(?:\s+(?:%|per ?cent|percent|million|billion|trillion|thousand|hundred|dozen|"
+    r"[a-z]+(?:metres|meters)|km|kilometres|kilometers|miles|metres|meters|feet|tons|tonnes|years?|months?|"
+    r"weeks?|days?|hours?|minutes?|people|dollars|euros|pounds|troops|soldiers|members|countries|times))*"
+)
+_NUMBER_PHRASE = re.compile(
+    r"(?:(?:about|around|nearly|almost|over|under|more than|less than|some|up to|at least)\s+)?"
+    r"(?<![\w-])(?:[$€£]\s?)?(?:\d[\d,.]*\d|\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
+    r"twenty|thirty|forty|fifty|hundred|thousand|dozens?|hundreds|thousands|millions)\b(?!\s+of\b))" + _UNIT,
+    re.IGNORECASE,
+)
+_MONTH = r"(?:January|February|March|April|May|June|July|August|September|October|November|December)"
+_DATE_PHRASE = re.compile(
+    rf"\b(?:\d{{1,2}}\s+{_MONTH}(?:\s+\d{{4}})?|{_MONTH}(?:\s+\d{{1,2}}(?:st|nd|rd|th)?)?(?:,?\s+\d{{4}})?|"
+    r"(?:early |late |mid-)?(?:1[0-9]\d\d|20\d\d)s?|\d{1,2}(?:st|nd|rd|th) century|"
+    r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday))\b"
+)
+_NAME_PHRASE = re.compile(
+    r"\b[A-Z][\w’'.-]*(?:\s+(?:(?:of|de|da|von|van|al|bin|la|du|del|the)\s+)?[A-Z][\w’'.-]*)*"
+)
+# Capitalised words that open sentences and clauses without naming anything.
+_NOT_NAMES = frozenset(
+    "the a an he she it they we i this that these those his her their its in on at by for from with "
+    "after before during while when where but and or as if however also there here some many most one "
+    "according our my mr mrs ms dr".split()
+)
+# Words that stand before a name without being it: "Serbian Foreign Minister Marko Djuric".
+_TITLES = frozenset(
+    "foreign prime deputy vice minister president secretary general chancellor king queen prince princess "
+    "ambassador spokesman spokeswoman spokesperson senator governor mayor director chairman chairwoman chief "
+    "professor sir lord lady pope saint st emperor empress duke former first lady envoy commander "
+    "colonel captain judge justice bishop archbishop head leader".split()
+)
+_NATIONALITY = re.compile(r"^[a-z]+(ian|ean|ese|ish|ic|an|i)$")
 
 
 def has_kind(sentence: str, kind: str | None, question: str) -> bool:
     """Whether the sentence holds something of the kind asked for that the question does not already say."""
+    return kind is not None and new_of_kind(sentence, kind, Question.parse(question).words)
+
+
+def short_answer(question: str, quote_text: str) -> Span | None:
+    """The phrase of the quote that is the name, place, date or number asked for, as offsets into the
+    quote; None when the question asks for something else or the quote holds no such phrase.
+
+    Of several such phrases, the one nearest the words the quote shares with the question wins: in
+    "Serbian Foreign Minister Marko Djuric stated that Belgrade …", asked who offered, the name
+    next to the title the question uses.
+    """
+    kind = expected_kind(question)
+    if kind is None:
+        return None
+    asked = Question.parse(question).words
+    found: list[Span] = []
     if kind == "number":
-        return bool(_NUMBER.search(sentence))
-    if kind == "date":
-        return bool(_DATE.search(sentence))
-    if kind in ("person", "place"):
-        asked = {w.lower() for w in re.findall(r"\w+", question)}
-        pattern = _FULL_NAME if kind == "person" else _PROPER
-        return any(
-            any(w.lower() not in asked for w in re.findall(r"\w+", m.group(0)))
-            for m in pattern.finditer(sentence)
-        )
-    return False
+        found = [Span(m.start(), m.end()) for m in _NUMBER_PHRASE.finditer(quote_text)]
+    elif kind == "date":
+        found = [Span(m.start(), m.end()) for m in _DATE_PHRASE.finditer(quote_text)]
+    else:
+        for m in _NAME_PHRASE.finditer(quote_text):
+            words = [w.lower().strip("’'.") for w in m.group(0).split()]
+            while words and words[0] in _NOT_NAMES:  # "The Kremlin" keeps "Kremlin"
+                words = words[1:]
+            if kind == "person":  # "Serbian Foreign Minister Marko Djuric" keeps "Marko Djuric"
+                while len(words) > 1 and (words[0] in _TITLES or _NATIONALITY.match(words[0])):
+                    words = words[1:]
+            if not words:
+                continue
+            start = m.end() - len(" ".join(m.group(0).split()[-len(words) :]))
+            text = quote_text[start : m.end()].rstrip(".’'")
+            if all(w.strip("’'.s") in asked or w in asked for w in words):
+                continue
+            if kind == "person" and any(
+                "-" in w and w[0].isupper() for w in m.group(0).split()[-len(words) :]
+            ):
+                continue  # "Russia-Ukraine": two places joined, not a person
+            found.append(Span(start, start + len(text)))
+    found = [f for f in found if not set(quote_text[f.start : f.end].lower().split()) <= asked]
+    if not found:
+        return None
+    q_tokens = set(tokenize([question])[0])
+    anchors = [
+        m.start() for m in re.finditer(r"[\w’'-]+", quote_text) if set(tokenize([m.group(0)])[0]) & q_tokens
+    ]
+    if not anchors:
+        return found[0]
+
+    def key(span: Span) -> tuple[bool, int]:
+        # A person is named in full in news prose ("Marko Djuric"); a lone capitalised word is more
+        # often a place or an organisation.
+        single = kind == "person" and " " not in quote_text[span.start : span.end]
+        return single, min(min(abs(a - span.start), abs(a - span.end)) for a in anchors)
+
+    return min(found, key=key)
 
 
 def is_statement(sentence: str) -> bool:
@@ -148,17 +190,66 @@ def word_overlap(question_tokens: set[str], text: str) -> float:
     return overlap(question_tokens, tokenize([text])[0])
 
 
+@dataclass(frozen=True)
+class Sentence:
+    article: IndexedArticle
+    index: int  # position in article.sentences
+    span: Span
+    passage_rank: int
+    candidate: Candidate
+
+    @property
+    def text(self) -> str:
+        return self.article.text[self.span.start : self.span.end]
+
+
+@dataclass
+class Evidence:
+    article: IndexedArticle
+    index: int  # position in article.sentences
+    span: Span
+    score: float  # fitted probability that the sentence holds the answer
+    passage_rank: int
+
+    @property
+    def text(self) -> str:
+        return self.article.text[self.span.start : self.span.end]
+
+
+@dataclass
+class Ranking:
+    """The candidate sentences ranked, with what the fitted models saw (kept for training and tests)."""
+
+    question: Question
+    sentences: list[Sentence]
+    evidence: list[Evidence]  # best first
+    leader_rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    leader_logits: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    best_leader: int = 0
+
+
 class ExtractiveAnswerer:
     def __init__(
-        self, index: ArticleIndex, embedder: Embedder, settings: Settings, scorer: Scorer | None = None
+        self, index: ArticleIndex, embedder: Embedder, settings: Settings, model: AnswerModel | None = None
     ) -> None:
         self.index = index
         self.embedder = embedder
         self.settings = settings
-        self.scorer = scorer or Scorer()
+        self._model = model
+
+    @property
+    def model(self) -> AnswerModel:
+        """The fitted scorer, read on first use (`make train` writes it)."""
+        if self._model is None:
+            self._model = load_model()
+        return self._model
+
+    @model.setter
+    def model(self, value: AnswerModel) -> None:
+        self._model = value
 
     def candidate_sentences(
-        self, candidates: list[Candidate], articles: dict[str, IndexedArticle]
+        self, candidates: list[Candidate], articles: Mapping[str, IndexedArticle]
     ) -> list[Sentence]:
         """Statements in the top passages, each once, in passage-rank order."""
         seen: set[tuple[str, int]] = set()
@@ -174,49 +265,74 @@ class ExtractiveAnswerer:
                 seen.add((article.id, index))
                 texts.add(text)
                 if is_statement(text) and not _is_title(text, article):
-                    found.append(Sentence(article, index, span, rank))
+                    found.append(Sentence(article, index, span, rank, cand))
         return found
 
-    def score(self, question: str, sentences: list[Sentence]) -> list[Evidence]:
-        """Meaning (sentence vectors against the question's), shared words, rank and kind, best first.
+    @staticmethod
+    def context(sentence: Sentence, top_fused: float) -> SentenceContext:
+        """Where the sentence sits: its neighbours, its passage's retrieval, its place in the article."""
+        article, i = sentence.article, sentence.index
+        spans = article.sentences
+        cand = sentence.candidate
+        return SentenceContext(
+            text=sentence.text,
+            previous=article.text[spans[i - 1][0] : spans[i - 1][1]] if i > 0 else "",
+            following=article.text[spans[i + 1][0] : spans[i + 1][1]] if i + 1 < len(spans) else "",
+            passage_rank=sentence.passage_rank,
+            fused_rel=cand.fused / top_fused if top_fused > 0 else 0.0,
+            agree=cand.dense_rank is not None and cand.sparse_rank is not None,
+            line_start=i == 0 or "\n" in article.text[spans[i - 1][1] : spans[i][0]],
+            position=i / max(len(spans) - 1, 1),
+        )
+
+    def rank(
+        self, question: Question, sentences: list[Sentence], cos_alone: Callable[[list[int]], np.ndarray]
+    ) -> Ranking:
+        """Every sentence scored by the sentence model; the leaders re-scored with their stand-alone
+        embedding by the leader model, and placed first.
 
         The stored sentence vectors were read in their passages, so a sentence leans towards its
         neighbours' topic; that ranks candidates well, but the few that lead are re-embedded on their
-        own and re-scored, so that the one chosen says what was asked, not what its paragraph is about.
+        own, so that the one chosen says what was asked, not what its paragraph is about.
         """
         if not sentences:
-            return []
-        texts = [s.article.text[s.span.start : s.span.end] for s in sentences]
-        q_tokens = set(tokenize([question])[0])
-        kind = expected_kind(question)
-        question_vector = self.embedder.embed_query(question)
-        meaning = self.index.sentence_vectors([(s.article.id, s.index) for s in sentences]) @ question_vector
-        w = self.scorer
-        rest = np.array(
-            [
-                w.words * overlap(q_tokens, tokens)
-                + w.rank / (1 + s.passage_rank)
-                + w.kind * has_kind(text, kind, question)
-                for s, text, tokens in zip(sentences, texts, tokenize(texts), strict=True)
-            ]
-        )
-        first = [int(i) for i in np.argsort(-(w.meaning * meaning + rest), kind="stable")]
-        contenders = first[: self.settings.answer_rescore]
-        meaning[contenders] = self.embedder.embed_cached([texts[i] for i in contenders]) @ question_vector
-        scores = w.meaning * meaning + rest
-        # The contenders, now scored alike, lead; the rest keep their order (read in context, their
-        # scores run a little high, so they are not compared with the contenders' again).
-        order = [*sorted(contenders, key=lambda i: -scores[i]), *first[len(contenders) :]]
-        return [
+            return Ranking(question, sentences, [])
+        question_vector = self.embedder.embed_query(question.text)
+        cos_ctx = self.index.sentence_vectors([(s.article.id, s.index) for s in sentences]) @ question_vector
+        top_fused = max(s.candidate.fused for s in sentences)
+        rows = sentence_features(question, [self.context(s, top_fused) for s in sentences], cos_ctx)
+        first = self.model.sentence.logit(rows)
+        order = [int(i) for i in np.argsort(-first, kind="stable")]
+        leaders = order[: max(self.settings.answer_rescore, 1)]
+        lead_rows = leader_features(rows[leaders], cos_alone(leaders))
+        second = self.model.leader.logit(lead_rows)
+        by_leader = sorted(range(len(leaders)), key=lambda j: -second[j])
+        scored = [(leaders[j], float(second[j])) for j in by_leader]
+        scored += [(i, float(first[i])) for i in order[len(leaders) :]]
+        evidence = [
             Evidence(
                 sentences[i].article,
                 sentences[i].index,
                 sentences[i].span,
-                float(scores[i]),
+                float(1 / (1 + np.exp(-logit))),
                 sentences[i].passage_rank,
             )
-            for i in order
+            for i, logit in scored
         ]
+        return Ranking(question, sentences, evidence, lead_rows, second, by_leader[0])
+
+    def stand_alone(self, question: str, sentences: list[Sentence]) -> Callable[[list[int]], np.ndarray]:
+        """Cosines of the question with the chosen sentences embedded on their own (a model run each,
+        cached: the same sentences come back with the next question on the topic)."""
+
+        def cosines(chosen: list[int]) -> np.ndarray:
+            question_vector = self.embedder.embed_query(question)
+            result: np.ndarray = (
+                self.embedder.embed_cached([sentences[i].text for i in chosen]) @ question_vector
+            )
+            return result
+
+        return cosines
 
     def tighten(self, evidence: Evidence, question: str) -> Span:
         """Quote the best window of clauses when the whole sentence is longer than an answer may be."""
@@ -302,59 +418,94 @@ class ExtractiveAnswerer:
             return Span(span.start, nxt.end)
         return span
 
-    def pick(self, ranked: list[Evidence]) -> list[Evidence]:
-        """The best sentence, and one from another article when it is nearly as good and says more."""
+    def pick(self, ranked: list[Evidence], question: str) -> list[Evidence]:
+        """The best sentence, and for a question asking for several things ("which two …", "who all …"),
+        the best from each other article that scores nearly as well and says something else."""
         best = ranked[0]
         chosen = [best]
-        for other in ranked[1:4]:
-            if other.article.id == best.article.id or best.score - other.score > 0.03:
+        if not _SEVERAL.search(question):
+            return chosen
+        for other in ranked[1 : self.settings.answer_rescore]:
+            if len(chosen) > self.settings.max_articles_cited - 1:
+                break
+            if any(other.article.id == c.article.id for c in chosen):
                 continue
-            if jaccard(shingles(other.text), shingles(best.text)) > self.settings.dedup_threshold:
+            if other.score < self.settings.other_article_ratio * best.score:
+                continue
+            if any(
+                jaccard(shingles(other.text), shingles(c.text)) > self.settings.dedup_threshold
+                for c in chosen
+            ):
                 continue
             chosen.append(other)
-            break
         return chosen
 
     def cite(self, ranked: list[Evidence], question: str) -> list[Citation]:
         citations = []
-        for n, evidence in enumerate(self.pick(ranked), start=1):
+        for n, evidence in enumerate(self.pick(ranked, question), start=1):
             span = self.extend_list(evidence.article, self.with_context(evidence, question, ranked))
             citations.append(quote(n, evidence.article, span, evidence.score))
         return citations
 
-    def confidence(self, best: float, coverage: float, question: str, citations: list[Citation]) -> float:
-        """Best sentence score blended with term coverage, docked when the quote lacks what was asked.
+    def confidence(
+        self, ranking: Ranking, coverage: float, candidates: list[Candidate], citations: list[Citation]
+    ) -> tuple[float, np.ndarray]:
+        """The fitted probability that the best sentence answers the question, and the features it read."""
+        if not ranking.evidence:
+            return 0.0, np.zeros(0)
+        top = candidates[:3]
+        row = evidence_features(
+            ranking.question,
+            ranking.leader_rows,
+            ranking.leader_logits,
+            ranking.best_leader,
+            coverage,
+            " ".join(c.chunk.text for c in top),
+            top[0].fused if top else 0.0,
+            ranking.evidence[0].text,
+            " ".join(c.quote for c in citations),
+        )
+        return float(self.model.evidence.probability(row[None, :])[0]), row
 
-        "How many …" answered without a number, or "when …" without a date, is no answer, however
-        well the rest of the sentence matches.
-        """
-        weight = self.settings.coverage_weight
-        value = (1 - weight) * best + weight * coverage
-        kind = expected_kind(question)
-        if kind in ("number", "date") and not any(has_kind(c.quote, kind, question) for c in citations):
-            value -= self.settings.missing_kind_penalty
-        return round(value, 4)
+    def evaluate(
+        self,
+        question: str,
+        candidates: list[Candidate],
+        articles: Mapping[str, IndexedArticle],
+        coverage: float,
+        idf: Callable[[str], float] | None = None,
+    ) -> tuple[Ranking, list[Citation], float]:
+        """Ranked evidence, the citations chosen from it, and the probability that they answer."""
+        parsed = Question.parse(question, idf)
+        sentences = self.candidate_sentences(candidates[: self.settings.top_k], articles)
+        ranking = self.rank(parsed, sentences, self.stand_alone(question, sentences))
+        citations = self.cite(ranking.evidence, question) if ranking.evidence else []
+        confidence, _row = self.confidence(ranking, coverage, candidates, citations)
+        return ranking, citations, confidence
 
     def answer(
         self,
         question: str,
         search_query: str,
         candidates: list[Candidate],
-        articles: dict[str, IndexedArticle],
+        articles: Mapping[str, IndexedArticle],
         passages: list[Passage],
         coverage: float,
+        idf: Callable[[str], float] | None = None,
     ) -> Answer:
-        """``coverage``: how much of the question's vocabulary the top passages contain (0..1)."""
-        ranked = self.score(question, self.candidate_sentences(candidates[: self.settings.top_k], articles))
-        citations = self.cite(ranked, question) if ranked else []
-        confidence = self.confidence(ranked[0].score if ranked else 0.0, coverage, question, citations)
+        """``coverage``: how much of the question's vocabulary the top passages contain (0..1); ``idf``:
+        the corpus weight of a search term (rare terms say more about a sentence matching)."""
+        _ranking, citations, confidence = self.evaluate(question, candidates, articles, coverage, idf)
         context = {
-            "confidence": confidence,
+            "confidence": round(confidence, 4),
             "passages": passages,
             "question": question,
             "search_query": search_query,
         }
         if not citations or confidence < self.settings.min_answer_score:
             return Answer(text=NOT_FOUND, found=False, **context)
-        text = " ".join(f"{c.quote} [{c.n}]" for c in citations)
-        return Answer(text=text, found=True, citations=citations, **context)
+        quoted = " ".join(f"{c.quote} [{c.n}]" for c in citations)
+        span = short_answer(question, citations[0].quote)
+        short = citations[0].quote[span.start : span.end] if span is not None else None
+        text = f"{short} — {quoted}" if short else quoted
+        return Answer(text=text, found=True, citations=citations, short_answer=short, **context)

@@ -220,7 +220,13 @@ class Pipeline:
         passages = [self._passage(c) for c in candidates]
         coverage = self.retriever.coverage(search_query, [c.chunk.text for c in candidates[:3]])
         return self.answerer.answer(
-            question, search_query, candidates, self.index.articles, passages, coverage
+            question,
+            search_query,
+            candidates,
+            self.index.articles,
+            passages,
+            coverage,
+            idf=self.retriever.sparse_index().idf,
         )
 
     def _checked(self, answer: Answer, draft: Answer) -> Answer:

@@ -95,9 +95,16 @@ class Answer(BaseModel):
     text: str = Field(description="The answer, with [n] markers tied to citations.")
     found: bool = Field(description="False when the articles do not answer the question.")
     confidence: float = Field(
-        0.0, description="Evidence strength; below settings.min_answer_score, found=False."
+        0.0,
+        description="Fitted probability that the quote answers the question; below "
+        "settings.min_answer_score, found=False.",
     )
     citations: list[Citation] = Field(default_factory=list)
+    short_answer: str | None = Field(
+        None,
+        description="The name, place, date or number asked for, cut from the first citation's quote "
+        "(None when the question asks for something else or the quote holds no such phrase).",
+    )
     passages: list[Passage] = Field(default_factory=list, description="Retrieved passages, best first.")
     question: str = Field("", description="The question as asked.")
     search_query: str = Field("", description="The question after follow-up resolution, as searched.")
