@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
 
 import numpy as np
 
@@ -64,6 +65,13 @@ def terms_of(text: str) -> frozenset[str]:
     """The text's search terms (as BM25 sees them), cached: candidate sentences and their neighbours
     come back with every question on the same topic."""
     return frozenset(tokenize([text])[0])
+
+
+@lru_cache(maxsize=16384)
+def _bigrams(text: str) -> frozenset[tuple[str, str]]:
+    """Adjacent pairs of the text's search terms (stop words dropped, stemmed)."""
+    terms = tokenize([text])[0]
+    return frozenset(pairwise(terms))
 
 
 def _words(text: str) -> list[str]:
@@ -137,6 +145,11 @@ class Question:
         total = sum(self.terms.values())
         return sum(w for t, w in self.terms.items() if t in tokens) / total if total else 0.0
 
+    def bigram_overlap(self, text: str) -> float:
+        """Share of the question's adjacent content-word pairs that the text has adjacent too."""
+        pairs = _bigrams(self.text)
+        return len(pairs & _bigrams(text)) / len(pairs) if pairs else 0.0
+
     def entity_share(self, text: str) -> float:
         """Share of the question's entities the text holds (1 when the question names none)."""
         if not self.entities:
@@ -153,6 +166,7 @@ SENTENCE_FEATURES = (
     "idf_overlap",  # the same, IDF-weighted
     "idf_gap",  # ... minus the best candidate's
     "cos_x_idf",  # meaning and words agreeing
+    "bigram_overlap",  # share of the question's adjacent word pairs the sentence repeats ("sticking points")
     "entity_share",  # share of the question's names and numbers in the sentence
     "entity_missing",  # the question names something the sentence lacks
     "neighbour_idf",  # the best IDF overlap of the sentences before and after it
@@ -209,6 +223,7 @@ def sentence_features(
             idf[i],
             idf[i] - idf.max(),
             cos_ctx[i] * idf[i],
+            question.bigram_overlap(s.text),
             share,
             float(share < 1.0),
             max(question.idf_overlap(terms_of(s.previous)), question.idf_overlap(terms_of(s.following))),
