@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     # picks the highest threshold that still answers 95% of the answerable SQuAD valid questions (other
     # articles than those fitted on; the rule `make eval --calibrate` uses), and prints it with the
     # risk-coverage curve; it is copied here. There it abstains on 56% of retrieval misses and swapped
-    # names; on wiki-squad2's adversarial questions only on 8% (`make validate`).
+    # names; on wiki-squad2's adversarial questions only on 7% (`make validate`).
     min_answer_score: float = Field(0.05, description="Abstention threshold on Answer.confidence.")
     # The next sentence joins the quote when its probability of holding the answer is within this
     # margin of the best one's.
