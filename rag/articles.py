@@ -320,11 +320,11 @@ def _scan_folder(
             reason = f"symbolic link to {source}, outside {folder}: not followed"
             scan.skipped.append(SkippedFile(path=path, reason=reason))
             continue
-        _scan_file(Path(path), source, stamp, scan, known, max_bytes, max_title_chars)
+        _scan_file(path, source, stamp, scan, known, max_bytes, max_title_chars)
 
 
 def _scan_file(
-    path: Path,
+    path: Path | str,
     source: str,
     stamp: str | None,
     scan: Scan,
@@ -337,7 +337,7 @@ def _scan_file(
         scan.unchanged.append(source)
         return
     try:
-        scan.articles.append(load_article(path, max_bytes=max_bytes, max_title_chars=max_title_chars))
+        scan.articles.append(load_article(Path(path), max_bytes=max_bytes, max_title_chars=max_title_chars))
     except (ArticleError, UnicodeDecodeError, OSError) as exc:
         scan.skipped.append(SkippedFile(path=str(path), reason=str(exc)))
 
