@@ -54,12 +54,22 @@ _CLAUSE = re.compile(r"(?<=[,;:—–])\s+|\s+(?=[—–]\s)")
 
 @dataclass
 class Scorer:
-    """Weights of the sentence score; together they sum to about 1 so the threshold reads as a score."""
+    """Weights of the sentence score (settings.score_weight_*); together they sum to about 1 so the
+    threshold reads as a score."""
 
-    meaning: float = 0.55
-    words: float = 0.25
-    rank: float = 0.10
-    kind: float = 0.10
+    meaning: float
+    words: float
+    rank: float
+    kind: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Scorer:
+        return cls(
+            settings.score_weight_meaning,
+            settings.score_weight_words,
+            settings.score_weight_rank,
+            settings.score_weight_kind,
+        )
 
 
 @dataclass(frozen=True)
@@ -122,7 +132,11 @@ def is_statement(sentence: str) -> bool:
 
 
 def _is_title(sentence: str, article: IndexedArticle) -> bool:
-    """The headline repeated in the body says what the article is about, not what it reports."""
+    """The headline repeated in the body says what the article is about, not what it reports; but an
+    article's only sentence is its content even when its title was taken from it (a file with no title
+    of its own). Treating any full sentence equal to the title as content lost a shipped question."""
+    if len(article.sentences) == 1:
+        return False
     return sentence.rstrip(" .").lower() == article.title.rstrip(" .").lower()
 
 
@@ -156,7 +170,7 @@ class ExtractiveAnswerer:
         self.index = index
         self.embedder = embedder
         self.settings = settings
-        self.scorer = scorer or Scorer()
+        self.scorer = scorer or Scorer.from_settings(settings)
 
     def candidate_sentences(
         self, candidates: list[Candidate], articles: Mapping[str, IndexedArticle]
@@ -307,8 +321,11 @@ class ExtractiveAnswerer:
         """The best sentence, and one from another article when it is nearly as good and says more."""
         best = ranked[0]
         chosen = [best]
-        for other in ranked[1:4]:
-            if other.article.id == best.article.id or best.score - other.score > 0.03:
+        for other in ranked[1 : 1 + self.settings.second_article_candidates]:
+            if (
+                other.article.id == best.article.id
+                or best.score - other.score > self.settings.second_article_margin
+            ):
                 continue
             if jaccard(shingles(other.text), shingles(best.text)) > self.settings.dedup_threshold:
                 continue

@@ -121,6 +121,6 @@ class HybridRetriever:
         if a.chunk.article_id == b.chunk.article_id:
             overlap = min(a.chunk.end, b.chunk.end) - max(a.chunk.start, b.chunk.start)
             shorter = min(a.chunk.end - a.chunk.start, b.chunk.end - b.chunk.start)
-            if overlap > 0.5 * shorter:
+            if overlap > self.settings.same_article_overlap * shorter:
                 return True
         return jaccard(a.shingles, b.shingles) > self.settings.dedup_threshold

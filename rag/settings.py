@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     # lower values favour passages unlike those already chosen (other articles, other aspects).
     mmr_lambda: float = Field(0.9, ge=0.0, le=1.0)
     mmr_pool: int = Field(10, ge=0)
+    # Two passages of one article overlapping by more than this share of the shorter are one passage.
+    same_article_overlap: float = Field(0.5, ge=0.0, le=1.0)
     # Two passages sharing more than this fraction of word 3-grams are the same text said twice.
     dedup_threshold: float = Field(0.5, ge=0.0, le=1.0)
 
@@ -123,6 +125,17 @@ class Settings(BaseSettings):
     missing_kind_penalty: float = Field(0.1, ge=0.0)
     # The next sentence joins the quote when it scores within this margin of the best one.
     continuation_margin: float = Field(0.1, ge=0.0)
+    # The sentence score: meaning (cosine to the question), shared words, passage rank, and holding the
+    # kind of thing asked for. Hand-set, summing to 1 so the threshold reads as a score; the fitted
+    # replacement of issue 16 (branch issue16a) is not yet better on every question set.
+    score_weight_meaning: float = Field(0.55, ge=0.0)
+    score_weight_words: float = Field(0.25, ge=0.0)
+    score_weight_rank: float = Field(0.10, ge=0.0)
+    score_weight_kind: float = Field(0.10, ge=0.0)
+    # A second article's best sentence joins the answer (a question spanning two articles) when it scores
+    # within this margin of the best one, among the next few sentences.
+    second_article_margin: float = Field(0.03, ge=0.0)
+    second_article_candidates: int = Field(3, ge=0)
     max_question_chars: int = Field(2000, ge=10, description="Longer questions are refused.")
     # Passages retrieved for the draft answer even when top_k is smaller: the answer sentence is picked
     # among them, and with fewer than 5 the right sentence was sometimes not among the candidates.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rag.errors import QuestionError
@@ -146,3 +148,17 @@ def test_an_articles_own_bracketed_numbers_are_not_citation_markers(fresh_pipeli
     shown = app.format_answer(answer, turn=1)
     assert shown.count('class="cite-chip') == len(answer.citations)
     assert app.safe("[2][7]") in shown  # the article's own brackets stay text
+
+
+def test_a_one_sentence_article_whose_title_is_that_sentence_is_answered_from_it(
+    fresh_pipeline: Pipeline, corpus_dir: Path
+) -> None:
+    """With no title of its own, a page's only sentence becomes its title too; it must still answer."""
+    (corpus_dir / "port-office.html").write_text(
+        "<html><body><p>The Tallinn port office counted 3,862 cruise visitors in 2024.</p></body></html>"
+    )
+    fresh_pipeline.ingest()
+    assert fresh_pipeline.article("port-office").title.startswith("The Tallinn port office counted")
+    answer = fresh_pipeline.query("How many cruise visitors did the Tallinn port office count?")
+    assert answer.found and "3,862" in answer.text
+    assert answer.citations[0].article_id == "port-office"
