@@ -162,12 +162,6 @@ class DenseIndex:
         with self._lock:
             return set(self.collection.get(ids=wanted, include=[])["ids"])
 
-    def embeddings(self, ids: list[str]) -> np.ndarray:
-        with self._lock:
-            got = self.collection.get(ids=ids, include=["embeddings"])
-        by_id = dict(zip(got["ids"], got["embeddings"] if got["embeddings"] is not None else [], strict=True))
-        return np.array([by_id[i] for i in ids], dtype=np.float32)
-
     # --- writing (at ingest) -------------------------------------------------------------------------
     def add(
         self, ids: list[str], vectors: np.ndarray, documents: list[str], metadatas: list[dict[str, Any]]
