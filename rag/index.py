@@ -251,7 +251,7 @@ class ArticleIndex:
 
     # --- reading -----------------------------------------------------------------------------------
     def chunk_count(self) -> int:
-        self.refresh()
+        """In the state last caught up with (retrieval refreshes before it searches)."""
         return self._state.chunk_count if self._state else 0
 
     def dense_search(self, query_vector: np.ndarray, k: int) -> list[tuple[Chunk, float]]:

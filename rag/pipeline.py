@@ -325,13 +325,12 @@ class Pipeline:
         return resolve_followup(question, history, max_names=self.settings.followup_names)
 
     def _draft_on_committed_state(self, question: str, search_query: str) -> Answer:
-        """The draft, read from the latest committed state; retried once if an ingest committed while it
-        was being read and deleted something it needed (the retry reads the new state)."""
-        self.index.refresh()
+        """The draft, read from the latest committed state (retrieval catches up before it searches);
+        retried once if an ingest committed while it was being read and deleted something it needed (the
+        retry's search catches up with that commit)."""
         try:
             return self._draft(question, search_query)
         except IndexChangedError:
-            self.index.refresh()
             return self._draft(question, search_query)
 
     def _draft(self, question: str, search_query: str) -> Answer:
