@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 7860
 
-.PHONY: setup run test lint format eval load bench chroma browser strace clean
+.PHONY: setup run test lint format eval train load bench chroma browser strace clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ clean:
 
 eval: setup  ## every question set (shipped, ../shared/data/wiki-squad2, EVAL_ARGS="--set N=Q:C"), ours beside the LangChain peer, with risk-coverage curves
 	$(BIN)/python -m evals.run $(EVAL_ARGS)
+
+train: setup  ## fine-tune the answer reranker on ../shared/data/squad11-train, then fit its confidence (~35 min on 2 cores)
+	$(BIN)/python -m evals.train_reranker $(TRAIN_ARGS)
+	$(BIN)/python -m evals.fit_confidence
 
 load: setup  ## 20 concurrent chat sessions x 10 questions against a local `rag serve` (loopback only)
 	$(BIN)/python -m evals.load

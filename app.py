@@ -45,6 +45,7 @@ _CSS = """
 .cite-chip:hover { background:#c7d2fe; }
 .not-found { border-left:4px solid #f59e0b; background:#fffbeb; padding:.5em .8em; color:#78350f; }
 .refs { font-size:.9em; color:#374151; }
+.short-answer { font-size:1.2em; font-weight:600; margin-bottom:.3em; }
 .notice { border-left:4px solid #9ca3af; background:#f3f4f6; padding:.3em .8em; margin-bottom:.5em;
           font-size:.9em; color:#374151; }
 .uncited { text-decoration:underline dotted #b45309; }
@@ -111,9 +112,14 @@ def format_answer(answer: Answer, turn: int) -> str:
             f"<br><small>Searched the closest passages in: {safe(searched)}</small></div>"
         )
     by_n = {c.n: c for c in answer.citations}
+    # The short answer (a name, place, date or number the text starts with) stands above its evidence.
+    pieces, at = [], 0
+    lead = f"{answer.short_answer} — " if answer.short_answer else ""
+    if lead and answer.text.startswith(lead):
+        pieces.append(f'<div class="short-answer">{safe(answer.short_answer or "")}</div>')
+        at = len(lead)
     # Only the writer's markers become chips (an article's own "[2]" inside a quote stays text); a
     # marker that names no citation is dropped.
-    pieces, at = [], 0
     for marker in answer.markers():
         pieces.append(safe(answer.text[at : marker.start]))
         pieces.append(chip(turn, by_n[marker.n]) if marker.n in by_n else "")

@@ -205,7 +205,7 @@ def evaluate_set(qset: QuestionSet, work: Path, with_peer: bool) -> SetResult:
     )
     unrestrained = run_ours(Pipeline(open_settings), questions)
     points = sweep(graded(unrestrained))
-    operating = point_at(graded(unrestrained), settings.min_answer_score)
+    operating = point_at(graded(unrestrained), pipeline.answerer.threshold)
     answered = sum(o.found for o in ours if o.answerable)
     abstained = sum(not o.found for o in ours if not o.answerable)
     if (answered, abstained) != (operating.answered, operating.abstained_count):
@@ -229,7 +229,7 @@ def evaluate_set(qset: QuestionSet, work: Path, with_peer: bool) -> SetResult:
         peer,
         points,
         operating,
-        settings.min_answer_score,
+        pipeline.answerer.threshold,
         notes,
     )
 

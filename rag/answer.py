@@ -1,10 +1,13 @@
 """Stage 5: the extractive answer: the sentence (or tightest clause) that answers, quoted and cited.
 
-Candidate sentences come from the top retrieved passages. Each is scored by meaning (cosine to the
-question), by the question's words it contains, by its passage's rank, and by whether it holds the
-kind of thing asked for (a number for "how many", a name for "who"). The best is quoted verbatim with
-its offsets; a second one from another article joins it when it scores nearly as well, so a question
-spanning two articles cites both. Weak best evidence means the articles do not answer: we say so.
+Candidate sentences come from the top retrieved passages. A cheap first pass ranks them all by meaning
+(their stored vectors against the question's), by the question's words they contain, by their passage's
+rank, and by whether they hold the kind of thing asked for (a number for "how many", a name for "who").
+The few that lead are then re-read with the question by the fine-tuned cross-encoder (``rerank.py``),
+whose calibrated probability that the sentence answers orders them and is the answer's confidence. The
+best is quoted verbatim with its offsets; a second one from another article joins it when it is nearly
+as likely, so a question spanning two articles cites both. When even the best is unlikely to answer, the
+articles do not answer: we say so.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ import numpy as np
 
 from rag.retrieve import Candidate, jaccard, shingles
 from rag.settings import Settings
+from rag.short_answer import expected_kind, short_answer
 from rag.sparse import tokenize
 from rag.types import Answer, Citation, IndexedArticle, Passage, Span
 
 if TYPE_CHECKING:
     from rag.embeddings import Embedder
     from rag.index import ArticleIndex
+    from rag.rerank import AnswerReranker
 
 NOT_FOUND = "The articles do not say."
 _WORD = re.compile(r"\S+")
@@ -49,6 +54,11 @@ _HEADLINE_MAX_WORDS = 15
 _FULL_NAME = re.compile(r"\b[A-Z][\w’'-]+(?:\s+\[?[A-Z][\w’'-]+\]?)+")
 # A sentence opening like this continues the one before it ("They advocate …", "This means …").
 _CONTINUATION = re.compile(r"^[\"“‘']?(they|he|she|it|this|these|that|those|such|his|her|their|its)\b", re.I)
+_SEVERAL = re.compile(
+    r"\bwhich (two|three|four|several|\w{3,}(?<!s)s)\b|\bwhat (two|three|four|several)\b|\bwho all\b|"
+    r"\bboth\b|\bwhich of\b",
+    re.I,
+)
 _CLAUSE = re.compile(r"(?<=[,;:—–])\s+|\s+(?=[—–]\s)")
 
 
@@ -93,20 +103,6 @@ class Evidence:
         return self.article.text[self.span.start : self.span.end]
 
 
-def expected_kind(question: str) -> str | None:
-    """What sort of answer the question wants, from its wh-word."""
-    q = question.lower()
-    if re.search(r"\bhow (many|much|far|long|old)\b|\bwhat (number|percentage|share)\b", q):
-        return "number"
-    if re.search(r"\bwhen\b|\bdate\b|\bwhat (year|day|month)\b|\bsince when\b", q):
-        return "date"
-    if re.search(r"\bwho\b|\bwhom\b|\bwhose\b", q):
-        return "person"
-    if re.search(r"\bwhere\b|\bwhich (city|country|capital|place|venue)\b", q):
-        return "place"
-    return None
-
-
 def has_kind(sentence: str, kind: str | None, question: str) -> bool:
     """Whether the sentence holds something of the kind asked for that the question does not already say."""
     if kind == "number":
@@ -121,6 +117,12 @@ def has_kind(sentence: str, kind: str | None, question: str) -> bool:
             for m in pattern.finditer(sentence)
         )
     return False
+
+
+def asks_for_several(question: str) -> bool:
+    """ "Which two capitals …", "which cities …", "who all …", "both …": the answer may lie in several
+    articles."""
+    return bool(_SEVERAL.search(question))
 
 
 def is_statement(sentence: str) -> bool:
@@ -165,12 +167,28 @@ def word_overlap(question_tokens: set[str], text: str) -> float:
 
 class ExtractiveAnswerer:
     def __init__(
-        self, index: ArticleIndex, embedder: Embedder, settings: Settings, scorer: Scorer | None = None
+        self,
+        index: ArticleIndex,
+        embedder: Embedder,
+        settings: Settings,
+        reranker: AnswerReranker | None = None,
     ) -> None:
+        """Without a ``reranker`` the leading sentences are re-scored by the hand-set first-pass score
+        with their stand-alone embedding (the scorer before issue 16, kept for comparison)."""
         self.index = index
         self.embedder = embedder
         self.settings = settings
-        self.scorer = scorer or Scorer.from_settings(settings)
+        self.scorer = Scorer.from_settings(settings)
+        self.reranker = reranker
+
+    @property
+    def threshold(self) -> float:
+        """The abstention threshold on Answer.confidence: the setting, else the fitted one."""
+        if self.settings.min_answer_score is not None:
+            return self.settings.min_answer_score
+        if self.reranker is not None:
+            return self.reranker.card.threshold
+        return self.settings.hand_set_min_answer_score
 
     def candidate_sentences(
         self, candidates: list[Candidate], articles: Mapping[str, IndexedArticle]
@@ -192,33 +210,55 @@ class ExtractiveAnswerer:
                     found.append(Sentence(article, index, span, rank))
         return found
 
-    def score(self, question: str, sentences: list[Sentence]) -> list[Evidence]:
-        """Meaning (sentence vectors against the question's), shared words, rank and kind, best first.
-
-        The stored sentence vectors were read in their passages, so a sentence leans towards its
-        neighbours' topic; that ranks candidates well, but the few that lead are re-embedded on their
-        own and re-scored, so that the one chosen says what was asked, not what its paragraph is about.
-        """
-        if not sentences:
-            return []
+    def first_pass(self, question: str, sentences: list[Sentence]) -> np.ndarray:
+        """The cheap score of every candidate: meaning from the stored sentence vectors, shared words,
+        passage rank and answer kind, with the hand-set weights (it only chooses the contenders)."""
         texts = [s.article.text[s.span.start : s.span.end] for s in sentences]
         q_tokens = set(tokenize([question])[0])
         kind = expected_kind(question)
         question_vector = self.embedder.embed_query(question)
         meaning = self.index.sentence_vectors([(s.article.id, s.index) for s in sentences]) @ question_vector
         w = self.scorer
-        rest = np.array(
+        return np.array(
             [
-                w.words * overlap(q_tokens, tokens)
+                w.meaning * cosine
+                + w.words * overlap(q_tokens, tokens)
                 + w.rank / (1 + s.passage_rank)
                 + w.kind * has_kind(text, kind, question)
-                for s, text, tokens in zip(sentences, texts, tokenize(texts), strict=True)
+                for s, text, tokens, cosine in zip(sentences, texts, tokenize(texts), meaning, strict=True)
             ]
         )
-        first = [int(i) for i in np.argsort(-(w.meaning * meaning + rest), kind="stable")]
+
+    def score(self, question: str, sentences: list[Sentence], coverage: float = 0.0) -> list[Evidence]:
+        """The first pass over every candidate, then the leading few re-read and ordered by the reranker
+        (its probability takes the first pass's score into account), best first.
+
+        The stored sentence vectors were read in their passages, so a sentence leans towards its
+        neighbours' topic; that ranks candidates well, but only a reading of the sentence with the
+        question tells a sentence that answers from one that is merely about the same thing.
+        """
+        if not sentences:
+            return []
+        texts = [s.article.text[s.span.start : s.span.end] for s in sentences]
+        first_scores = self.first_pass(question, sentences)
+        first = [int(i) for i in np.argsort(-first_scores, kind="stable")]
         contenders = first[: self.settings.answer_rescore]
-        meaning[contenders] = self.embedder.embed_cached([texts[i] for i in contenders]) @ question_vector
-        scores = w.meaning * meaning + rest
+        chosen = [texts[i] for i in contenders]
+        if self.reranker is not None:
+            # Only the contenders were read with the question; the rest score 0 so that nothing compares
+            # a first-pass score with a probability.
+            scores = np.zeros(len(sentences))
+            scores[contenders] = self.reranker.probabilities(
+                question, chosen, first_scores[contenders], coverage
+            )
+        else:
+            question_vector = self.embedder.embed_query(question)
+            alone = self.embedder.embed_cached(chosen) @ question_vector
+            stored = self.index.sentence_vectors(
+                [(sentences[i].article.id, sentences[i].index) for i in contenders]
+            )
+            scores = first_scores.copy()
+            scores[contenders] += self.scorer.meaning * (alone - stored @ question_vector)
         # The contenders, now scored alike, lead; the rest keep their order (read in context, their
         # scores run a little high, so they are not compared with the contenders' again).
         order = [*sorted(contenders, key=lambda i: -scores[i]), *first[len(contenders) :]]
@@ -317,14 +357,17 @@ class ExtractiveAnswerer:
             return Span(span.start, nxt.end)
         return span
 
-    def pick(self, ranked: list[Evidence]) -> list[Evidence]:
-        """The best sentence, and one from another article when it is nearly as good and says more."""
+    def pick(self, ranked: list[Evidence], question: str = "") -> list[Evidence]:
+        """The best sentence, and one from another article when it is nearly as good and says more; for
+        a question that asks for several things ("which two capitals …", "who all …"), the other
+        article's best sentence joins whenever it too is likely to answer."""
         best = ranked[0]
         chosen = [best]
+        several = asks_for_several(question)
         for other in ranked[1 : 1 + self.settings.second_article_candidates]:
-            if (
-                other.article.id == best.article.id
-                or best.score - other.score > self.settings.second_article_margin
+            close = best.score - other.score <= self.settings.second_article_margin
+            if other.article.id == best.article.id or not (
+                close or (several and other.score >= self.threshold)
             ):
                 continue
             if jaccard(shingles(other.text), shingles(best.text)) > self.settings.dedup_threshold:
@@ -335,17 +378,17 @@ class ExtractiveAnswerer:
 
     def cite(self, ranked: list[Evidence], question: str) -> list[Citation]:
         citations = []
-        for n, evidence in enumerate(self.pick(ranked), start=1):
+        for n, evidence in enumerate(self.pick(ranked, question), start=1):
             span = self.extend_list(evidence.article, self.with_context(evidence, question, ranked))
             citations.append(quote(n, evidence.article, span, evidence.score))
         return citations
 
     def confidence(self, best: float, coverage: float, question: str, citations: list[Citation]) -> float:
-        """Best sentence score blended with term coverage, docked when the quote lacks what was asked.
-
-        "How many …" answered without a number, or "when …" without a date, is no answer, however
-        well the rest of the sentence matches.
-        """
+        """The reranker's probability that the best sentence answers; with the hand-set scorer, its score
+        blended with term coverage and docked when the quote lacks what was asked ("how many …" answered
+        without a number is no answer, however well the rest matches)."""
+        if self.reranker is not None:
+            return round(best, 4)
         weight = self.settings.coverage_weight
         value = (1 - weight) * best + weight * coverage
         kind = expected_kind(question)
@@ -363,7 +406,8 @@ class ExtractiveAnswerer:
         coverage: float,
     ) -> Answer:
         """``coverage``: how much of the question's vocabulary the top passages contain (0..1)."""
-        ranked = self.score(question, self.candidate_sentences(candidates[: self.settings.top_k], articles))
+        sentences = self.candidate_sentences(candidates[: self.settings.top_k], articles)
+        ranked = self.score(question, sentences, coverage)
         citations = self.cite(ranked, question) if ranked else []
         confidence = self.confidence(ranked[0].score if ranked else 0.0, coverage, question, citations)
         context = {
@@ -372,7 +416,11 @@ class ExtractiveAnswerer:
             "question": question,
             "search_query": search_query,
         }
-        if not citations or confidence < self.settings.min_answer_score:
+        if not citations or confidence < self.threshold:
             return Answer(text=NOT_FOUND, found=False, **context)
         text = " ".join(f"{c.quote} [{c.n}]" for c in citations)
-        return Answer(text=text, found=True, citations=citations, **context)
+        span = short_answer(question, citations[0].quote)
+        short = citations[0].quote[span.start : span.end] if span is not None else None
+        if short is not None:
+            text = f"{short} — {text}"
+        return Answer(text=text, found=True, citations=citations, short_answer=short, **context)

@@ -48,14 +48,15 @@ def needs_context(question: str) -> bool:
 
 
 def names_in(text: str, limit: int | None = None) -> list[str]:
-    """Capitalised phrases that are not just a sentence's first function word (the first ``limit``)."""
-    names: list[str] = []
+    """Capitalised phrases that are not just a sentence's first function word (the first ``limit``
+    distinct ones: an answer that opens with its short answer names it twice)."""
+    names: dict[str, None] = {}
     for match in _NAME.finditer(CITATION_MARKER.sub("", text)):
         if limit is not None and len(names) >= limit:
             break
         if match.group(0).lower() not in _FUNCTION_WORDS:
-            names.append(match.group(0))
-    return names
+            names[match.group(0)] = None
+    return list(names)
 
 
 def validate_history(history: object, *, max_messages: int, max_chars: int) -> list[dict[str, str]] | None:

@@ -31,6 +31,7 @@ from rag.followup import resolve_followup, validate_history
 from rag.generate import GenerationRequest, make_generator
 from rag.grounding import Grounder
 from rag.index import ArticleIndex, Plan
+from rag.rerank import load_reranker
 from rag.retrieve import Candidate, HybridRetriever
 from rag.settings import Settings
 from rag.types import Answer, Article, IndexedArticle, IngestReport, Passage, SkippedFile
@@ -44,7 +45,12 @@ class Pipeline:
         self.embedder = Embedder.from_settings(settings)
         self.index = ArticleIndex(settings, self.embedder)
         self.retriever = HybridRetriever(self.index, self.embedder, settings)
-        self.answerer = ExtractiveAnswerer(self.index, self.embedder, settings)
+        reranker = (
+            load_reranker(str(settings.model_cache_dir), settings.embedding_workers)
+            if settings.answer_reranker
+            else None
+        )
+        self.answerer = ExtractiveAnswerer(self.index, self.embedder, settings, reranker)
         self.grounder = Grounder(self.index, self.embedder, settings)
         self.generator = make_generator(settings)
         self._ready = threading.Lock()
@@ -97,6 +103,10 @@ class Pipeline:
             report.chunks_embedded, report.sentences_embedded = self.index.sync(
                 plan, full=full, progress=self.settings.progress
             )
+        if self.answerer.reranker is not None and report.chunks_embedded:
+            # An ingest that ran the model exports the reranker too (once per machine), so that the
+            # first question, perhaps in another process, neither waits for it nor imports torch.
+            self.answerer.reranker.prepare()
         report.seconds = round(time.perf_counter() - started, 3)
         return report
 

@@ -108,16 +108,28 @@ class Settings(BaseSettings):
     # --- answering -----------------------------------------------------------------------------------
     # The "short" is under 50 words; a whole long sentence often holds the answer's clause.
     answer_max_words: int = Field(50, ge=5, description="Longest extractive answer, in words.")
-    # Leading sentences re-scored with their own embedding (the stored ones are read in the passage's
-    # context, which ranks the right sentence up to 5th or 6th). With PyTorch, 6 gave the same `make
-    # eval` as embedding every sentence alone; none lost 2 questions, 5 a per-article test question.
-    # Each costs a model run at query time (~1 ms on one of 2 cores).
+    # Leading sentences re-scored: by the answer reranker (rag/rerank.py) when it is on, else with their
+    # own embedding (the stored ones are read in the passage's context, which ranks the right sentence up
+    # to 5th or 6th; 6 gave the same `make eval` as embedding every sentence alone, 5 lost a question).
     answer_rescore: int = Field(6, ge=0)
-    # Below this evidence score the bot says the articles do not answer. Calibrated with `make eval`.
-    # `make eval EVAL_ARGS=--calibrate` reports the threshold that abstains most on unanswerable
-    # questions while still answering >= 95% of answerable ones: 0.49 on evals/questions.jsonl. 0.48
+    # Off by default: on wiki-squad2 the fine-tuned reranker answers more precisely and abstains more
+    # (README, "The learned reranker"), but on the shipped news questions it is worse (containment
+    # 0.817 against 0.887, abstention 0.6 against 0.9) and p50 is about 2x: the hand-set scorer stays.
+    answer_reranker: bool = Field(
+        False,
+        description="Re-read the leading sentences with the cross-encoder fine-tuned on SQuAD (rag/models, "
+        "make train) and answer with its calibrated probability; off: the hand-set scorer.",
+    )
+    # Unset: with the reranker, the threshold `make train` chose on held-out articles (the highest that
+    # still answers 90% of their answerable questions; rag/models/answer_reranker.json); without it, the
+    # hand-set one below.
+    min_answer_score: float | None = Field(
+        None, description="Abstention threshold on Answer.confidence; unset: the scorer's own."
+    )
+    # The hand-set scorer's threshold: `make eval EVAL_ARGS=--calibrate` reported 0.49 on
+    # evals/questions.jsonl as the one that abstains most while answering >= 95% of answerable ones; 0.48
     # leaves a margin for follow-ups, whose history holds answers that calibration never withholds.
-    min_answer_score: float = Field(0.48, description="Abstention threshold on Answer.confidence.")
+    hand_set_min_answer_score: float = Field(0.48)
     # Confidence blends the best sentence's score with how much of the question's (IDF-weighted)
     # vocabulary the top passages contain; equal weights separated answerable from unanswerable best.
     coverage_weight: float = Field(0.5, ge=0.0, le=1.0)

@@ -105,9 +105,16 @@ class Answer(BaseModel):
     text: str = Field(description="The answer, with [n] markers tied to citations.")
     found: bool = Field(description="False when the articles do not answer the question.")
     confidence: float = Field(
-        0.0, description="Evidence strength; below settings.min_answer_score, found=False."
+        0.0,
+        description="Probability that the quote answers (with the reranker); below the abstention threshold "
+        "(settings.min_answer_score, else the fitted one), found=False.",
     )
     citations: list[Citation] = Field(default_factory=list)
+    short_answer: str | None = Field(
+        None,
+        description="The name, place, date or number asked for, cut from the first citation's quote; the "
+        "extractive answer's text starts with it (None when the question asks for something else).",
+    )
     passages: list[Passage] = Field(default_factory=list, description="Retrieved passages, best first.")
     question: str = Field("", description="The question as asked.")
     search_query: str = Field("", description="The question after follow-up resolution, as searched.")

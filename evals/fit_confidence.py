@@ -1,0 +1,231 @@
+"""Fit how the answer step turns the reranker's logit into its confidence (`make train`, after the
+reranker): a logistic model of "this sentence holds the answer" on the reranker's logit and the first
+pass's score, fitted on sentences the real pipeline proposes, and the abstention threshold.
+
+The reranker was trained within one paragraph; in the pipeline its contenders come from five passages of
+several articles, which it cannot rank against each other (it does not see the passage's rank), and it
+has never seen a question the articles do not answer. So the fit runs the real pipeline over the
+``valid`` articles of `../shared/data/squad11-train` (CC BY-SA 4.0, Rajpurkar et al. 2016; articles the
+reranker was not fitted on) and asks three kinds of question:
+- their own questions (answerable; a sentence is right when it holds the answer);
+- the same with a name or number swapped for another of the article's (unanswerable, like SQuAD 2.0's);
+- ``train`` questions about articles that are not in the index (unanswerable: a retrieval miss).
+Half the articles fit the model; the threshold is chosen on the other half: the highest that answers
+``--answered`` of its answerable questions. Writes the card's "calibration".
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from evals.train_reranker import _NAME_OR_NUMBER as NAME_OR_NUMBER
+from evals.train_reranker import DATA, SEED, read_jsonl_gz, swapped
+from rag.answer import Sentence
+from rag.chunking import sentence_spans
+from rag.pipeline import Pipeline
+from rag.rerank import CARD_FILE, AnswerReranker, RerankerCard, load_reranker
+from rag.settings import Settings
+
+WORK = Path(tempfile.gettempdir()) / "rag-fit-confidence"
+
+
+@dataclass
+class Asked:
+    """One question through the pipeline: its contenders' features and which hold the answer."""
+
+    question: str
+    kind: str  # answerable | swap | miss
+    doc_id: str
+    features: np.ndarray  # contenders x (logit, first pass, coverage)
+    right: np.ndarray  # contenders: holds the answer
+
+
+def norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def valid_pipeline(work: Path, data: Path) -> tuple[Pipeline, dict[str, str]]:
+    """The ``valid`` articles ingested into an index under ``work`` (reused when already built)."""
+    corpus = work / "corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    docs = {d["doc_id"]: d["text"] for d in read_jsonl_gz(data / "docs.jsonl.gz")}
+    valid = {q["doc_id"] for q in read_jsonl_gz(data / "questions.jsonl.gz") if q["split"] == "valid"}
+    for doc_id in sorted(valid):
+        path = corpus / f"{doc_id}.txt"
+        if not path.exists():
+            path.write_text(f"---\ntitle: {doc_id}\n---\n{docs[doc_id]}", encoding="utf-8")
+    settings = Settings(corpus_dir=corpus, index_dir=work / "index", progress=False)
+    pipeline = Pipeline(settings)
+    started = time.perf_counter()
+    pipeline.ingest()
+    print(f"index: {len(valid)} articles in {time.perf_counter() - started:.0f} s", flush=True)
+    return pipeline, {doc_id: docs[doc_id] for doc_id in valid}
+
+
+def contenders(pipeline: Pipeline, question: str) -> tuple[list[Sentence], np.ndarray, float]:
+    """The sentences the answer step would re-read, their first-pass scores, and the question's
+    coverage by the leading passages, as a query computes them."""
+    settings = pipeline.settings
+    candidates = pipeline.retriever.search(question, max(settings.top_k, settings.draft_passages))
+    leading = candidates[: settings.coverage_passages]
+    coverage = pipeline.retriever.coverage(question, [c.chunk.text for c in leading])
+    answerer = pipeline.answerer
+    sentences = answerer.candidate_sentences(candidates[: settings.top_k], pipeline.index.articles)
+    if not sentences:
+        return [], np.zeros(0), coverage
+    first = answerer.first_pass(question, sentences)
+    order = np.argsort(-first, kind="stable")[: settings.answer_rescore]
+    return [sentences[i] for i in order], first[order], coverage
+
+
+def ask(pipeline: Pipeline, question: str, kind: str, doc_id: str, answers: list[str]) -> Asked | None:
+    reranker = pipeline.answerer.reranker
+    assert reranker is not None
+    sentences, first, coverage = contenders(pipeline, question)
+    if not sentences:
+        return None
+    texts = [s.article.text[s.span.start : s.span.end] for s in sentences]
+    logits = reranker.logits(question, texts)
+    right = (
+        np.array([any(norm(a) in norm(t) for a in answers) for t in texts])
+        if answers
+        else np.zeros(len(texts))
+    )
+    features = np.column_stack([logits, first, np.full(len(texts), coverage)])
+    return Asked(question, kind, doc_id, features, right.astype(bool))
+
+
+def questions_of(
+    data: Path, texts: dict[str, str], per_article: int, rng: random.Random
+) -> list[dict[str, Any]]:
+    """Up to ``per_article`` questions of each valid article, with a swapped twin where one exists, and
+    as many questions about articles that are not indexed."""
+    rows = [q for q in read_jsonl_gz(data / "questions.jsonl.gz") if q["offset_method"] == "unique"]
+    rng.shuffle(rows)
+    names = {doc_id: sorted(set(NAME_OR_NUMBER.findall(text))) for doc_id, text in texts.items()}
+    taken: dict[str, int] = {}
+    chosen: list[dict[str, Any]] = []
+    misses = []
+    for row in rows:
+        doc_id = row["doc_id"]
+        if doc_id not in texts:
+            misses.append(row)
+            continue
+        if taken.get(doc_id, 0) >= per_article:
+            continue
+        taken[doc_id] = taken.get(doc_id, 0) + 1
+        chosen.append(
+            {"question": row["question"], "kind": "answerable", "doc_id": doc_id, "answers": row["answers"]}
+        )
+        text, start = texts[doc_id], row["answer_start"]
+        spans = sentence_spans(text, row["context_start"], row["context_end"])
+        sentence = next((text[s.start : s.end] for s in spans if s.start <= start < s.end), "")
+        changed = swapped(row["question"], sentence, names[doc_id], rng)
+        if changed:
+            chosen.append({"question": changed, "kind": "swap", "doc_id": doc_id, "answers": []})
+    # A miss is grouped with an indexed article only to fall on one side of the fit / threshold split.
+    articles = sorted(texts)
+    for i, row in enumerate(misses[: len(chosen) // 3]):
+        chosen.append(
+            {
+                "question": row["question"],
+                "kind": "miss",
+                "doc_id": articles[i % len(articles)],
+                "answers": [],
+            }
+        )
+    return chosen
+
+
+Weights = tuple[float, float, float, float]  # logit, first pass, coverage, shift
+
+
+def fit_sentence_model(asked: list[Asked]) -> Weights:
+    """Logistic regression of "holds the answer" on (logit, first pass, coverage) over every contender."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([a.features for a in asked])
+    y = np.concatenate([a.right for a in asked]).astype(int)
+    fit = LogisticRegression(C=1e6).fit(x, y)
+    scale, first, coverage = (float(w) for w in fit.coef_[0])
+    return scale, first, coverage, float(fit.intercept_[0])
+
+
+def best(asked: Asked, weights: Weights) -> tuple[float, bool]:
+    """The probability of the contender the answer step would choose, and whether it holds the answer."""
+    z = asked.features @ np.array(weights[:3]) + weights[3]
+    i = int(np.argmax(z))
+    return float(1 / (1 + np.exp(-z[i]))), bool(asked.right[i])
+
+
+def choose_threshold(asked: list[Asked], weights: Weights, answered: float) -> dict[str, float]:
+    """The highest threshold that answers ``answered`` of the answerable questions, and what it gives."""
+    scored = [(a.kind, *best(a, weights)) for a in asked]
+    answerable = sorted((p for kind, p, _ in scored if kind == "answerable"), reverse=True)
+    threshold = answerable[max(0, int(np.ceil(answered * len(answerable))) - 1)]
+    report: dict[str, float] = {"threshold": round(threshold, 4)}
+    for kind in ("answerable", "swap", "miss"):
+        rows = [(p, right) for k, p, right in scored if k == kind]
+        passed = [right for p, right in rows if p >= threshold]
+        if kind == "answerable":
+            report["answered when answerable"] = round(len(passed) / len(rows), 4)
+            report["right when answered"] = round(sum(passed) / max(1, len(passed)), 4)
+            report["right, abstention off"] = round(sum(r for _, r in rows) / len(rows), 4)
+        else:
+            report[f"abstained ({kind})"] = round(1 - len(passed) / max(1, len(rows)), 4)
+        report[f"questions ({kind})"] = len(rows)
+    return report
+
+
+def main(
+    per_article: Annotated[int, typer.Option(help="Questions asked of each valid article.")] = 40,
+    answered: Annotated[float, typer.Option(help="Share of answerable questions the threshold keeps.")] = 0.9,
+    data: Annotated[Path, typer.Option(help="The squad11-train folder.")] = DATA,
+    work: Annotated[Path, typer.Option(help="Where the valid articles' index is kept.")] = WORK,
+) -> None:
+    started = time.perf_counter()
+    pipeline, texts = valid_pipeline(work, data)
+    settings = pipeline.settings
+    card = RerankerCard.read(calibrated=False)  # the fit reads logits only
+    pipeline.answerer.reranker = AnswerReranker(settings.model_cache_dir, settings.embedding_workers, card)
+    rng = random.Random(SEED)
+    asked = [
+        a
+        for q in questions_of(data, texts, per_article, rng)
+        if (a := ask(pipeline, q["question"], q["kind"], q["doc_id"], q["answers"])) is not None
+    ]
+    print(f"{len(asked)} questions asked ({time.perf_counter() - started:.0f} s)", flush=True)
+    articles = sorted(texts)
+    rng.shuffle(articles)
+    fitting = set(articles[: len(articles) // 2])
+    weights = fit_sentence_model([a for a in asked if a.doc_id in fitting])
+    held_out = [a for a in asked if a.doc_id not in fitting]
+    report = choose_threshold(held_out, weights, answered)
+    print(json.dumps({"weights": weights, **report}, indent=2), flush=True)
+    card = json.loads(CARD_FILE.read_text(encoding="utf-8"))
+    card["calibration"] = {
+        "scale": round(weights[0], 6),
+        "first_pass_weight": round(weights[1], 6),
+        "coverage_weight": round(weights[2], 6),
+        "shift": round(weights[3], 6),
+        "threshold": report.pop("threshold"),
+        "chosen to answer": answered,
+        "at the threshold (held-out squad11-train valid articles, through the pipeline)": report,
+        "command": "make train (evals/fit_confidence.py)",
+    }
+    CARD_FILE.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    load_reranker.cache_clear()
+    print(f"wrote the calibration to {CARD_FILE} in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    typer.run(main)
