@@ -113,10 +113,10 @@ class ArticleView(Mapping[str, IndexedArticle]):
         return found[article_id]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._index.store.catalog()))
+        return iter(sorted(self._index.catalog()))
 
     def __len__(self) -> int:
-        return len(self._index.store.catalog())
+        return len(self._index.catalog())
 
     def __contains__(self, article_id: object) -> bool:
         return isinstance(article_id, str) and bool(self.fetch([article_id]))
@@ -146,8 +146,22 @@ class ArticleIndex:
         self._state: StoreState | None = None
         self._checked_at = 0.0
         self._refresh_lock = threading.RLock()
+        self._catalog: tuple[int, dict[str, CatalogEntry]] | None = None  # (generation, catalog)
 
     # --- the stores --------------------------------------------------------------------------------
+    def catalog(self) -> dict[str, CatalogEntry]:
+        """Every committed article's catalog entry, read again only when the generation moved: reading it
+        costs 0.22 s at 30,000 articles, and a running app's next ingest starts from the one its last
+        commit wrote (a copy: callers may change it)."""
+        generation = self.store.generation()
+        cached = self._catalog
+        if cached is None or cached[0] != generation:
+            catalog = self.store.catalog()
+            if self.store.generation() != generation:  # a commit landed while it was read
+                return catalog
+            self._catalog = cached = (generation, catalog)
+        return dict(cached[1])
+
     @property
     def store(self) -> ArticleStore:
         if self._store is None:
@@ -462,6 +476,7 @@ class ArticleIndex:
                 raise RuntimeError(f"generation {generation} committed, {next_generation} expected")
             self._generation = generation
             self._state = self.store.state()
+            self._catalog = (generation, dict(plan.catalog))
             self.articles.forget([*upserted, *plan.removals])
             self.sparse.load(generation)
         # What the commit made stale: old versions' chunks and files, and removed articles'.
@@ -550,7 +565,7 @@ class ArticleIndex:
         (self.root / _OLD_MANIFEST).unlink(missing_ok=True)
         shutil.rmtree(self.root / "sentences", ignore_errors=True)  # format 3 kept sentence vectors there
         self.articles.forget()
-        self._generation, self._state = -1, None
+        self._generation, self._state, self._catalog = -1, None, None
 
 
 def sentences_within(article: IndexedArticle, start: int, end: int) -> tuple[Spans, list[int]]:

@@ -87,7 +87,7 @@ class Pipeline:
             if resumed:  # see every chunk the dead writer added (reopening Chroma costs ~0.1 s at 3,000)
                 self.index.dense.reopen()
             self.index.refresh(force=True)  # catch up with other writers' commits (reopens Chroma if any)
-            catalog = self.index.store.catalog()
+            catalog = self.index.catalog()
             report = IngestReport()
             known = {e.source: e.stamp for e in catalog.values()}
             scan = scan_articles(
@@ -99,7 +99,8 @@ class Pipeline:
             report.skipped = scan.skipped
             by_source = {e.source: e.id for e in catalog.values()}
             report.unchanged = [by_source[source] for source in scan.unchanged]
-            plan = self._plan(catalog, scan.articles, report, targets)
+            seen = {*scan.unchanged, *(a.source for a in scan.articles)}
+            plan = self._plan(catalog, scan.articles, report, targets, seen)
             report.chunks_embedded, report.sentences_embedded = self.index.sync(
                 plan, full=full, progress=self.settings.progress
             )
@@ -116,12 +117,14 @@ class Pipeline:
         loaded: list[Article],
         report: IngestReport,
         targets: list[Path],
+        seen: set[str],
     ) -> Plan:
         """The article set after this ingest: the committed one, minus the files under ``targets`` that
         are gone or now refused, plus what was loaded.
 
         Only files under the ingest's own targets can be found gone: against a shared Chroma server the
-        other machines' articles come from paths this machine does not have.
+        other machines' articles come from paths this machine does not have. A file the scan ``seen``
+        exists; only the others are looked for (a stat each took 0.6 s of a 1.2 s re-ingest at 30,000).
         """
         plan = Plan(catalog=dict(catalog), previous=catalog)
         current = plan.catalog
@@ -130,7 +133,8 @@ class Pipeline:
         for article_id, entry in list(current.items()):
             if not any(entry.source == root or entry.source.startswith(root + os.sep) for root in roots):
                 continue
-            if not Path(entry.source).is_file() or entry.source in skipped_sources:
+            gone = entry.source not in seen and not os.path.isfile(entry.source)
+            if gone or entry.source in skipped_sources:
                 report.removed.append(article_id)
                 plan.removals.append(article_id)
                 del current[article_id]
@@ -257,7 +261,7 @@ class Pipeline:
     def corpus_changed(self) -> bool:
         """Whether the corpus folder holds a file the index does not have as it is, or lacks one it has."""
         corpus = Path(self.settings.corpus_dir)
-        known = {e.source: e.stamp for e in self.index.store.catalog().values()}
+        known = {e.source: e.stamp for e in self.index.catalog().values()}
         present = folder_stamps(corpus)
         if any(known.get(source) != stamp for source, stamp in present.items()):
             return True
@@ -394,7 +398,7 @@ class Pipeline:
     def articles(self) -> list[IndexedArticle]:
         self.ensure_ready()
         self.index.refresh()
-        return list(self.index.store.get(self.index.store.catalog()).values())
+        return list(self.index.store.get(self.index.catalog()).values())
 
 
 def _fallback_notice(why: str) -> str:

@@ -191,6 +191,9 @@ class SparseIndex:
         # Segments never change once written, so each is read once per process, however many
         # generations use it: catching up with a one-article ingest reads only that ingest's segment.
         self._opened: dict[str, Segment] = {}
+        # The segments of each state this process wrote or loaded: cleaning up after an ingest need not
+        # parse two 4.6 MB state files (30,000 articles) to learn them.
+        self._segments_by_generation: dict[int, list[str]] = {}
 
     def _segment(self, name: str) -> Segment:
         if name not in self._opened:
@@ -206,6 +209,7 @@ class SparseIndex:
         for entry in state.live.values():
             by_name[entry["segment"]].alive[entry["row"] : entry["row"] + entry["rows"]] = True
         self._opened = {name: self._opened[name] for name in state.segments}
+        self._segments_by_generation[generation] = list(state.segments)
         self.state, self.segments, self.generation = state, segments, generation
 
     # --- updating (at ingest) --------------------------------------------------------------------
@@ -222,7 +226,7 @@ class SparseIndex:
         A missing or damaged index (or one from an older version) is built afresh.
         """
         try:
-            self._update(catalog, fetch, generation, self._read_state(self._newest_generation()))
+            self._update(catalog, fetch, generation, self._newest_state())
         except (OSError, ValueError, KeyError) as exc:
             log.warning("Rebuilding the BM25 index in %s (%s: %s)", self.folder, type(exc).__name__, exc)
             self._update(catalog, fetch, generation, None)
@@ -272,17 +276,35 @@ class SparseIndex:
             if path.is_dir() and path.name not in in_use:
                 shutil.rmtree(path, ignore_errors=True)
 
-    @staticmethod
-    def _segments_of(path: Path) -> list[str]:
+    def _segments_of(self, path: Path) -> list[str]:
+        known = self._segments_by_generation.get(_generation_of(path))
+        if known is not None:
+            return known
         try:
             return list(json.loads(path.read_text(encoding="utf-8"))["segments"])
         except (OSError, ValueError, KeyError):
             return []
 
+    def _newest_state(self) -> State | None:
+        """The newest saved state, to update: a copy of the one in memory when that is it (parsing the
+        file took 0.16 s at 30,000 articles), so that queries reading the installed one never see it
+        half-changed."""
+        newest = self._newest_generation()
+        if newest != self.generation or newest < 0:
+            return self._read_state(newest)
+        state = self.state
+        return dataclasses.replace(
+            state,
+            segments=list(state.segments),
+            live={a: dict(e) for a, e in state.live.items()},
+            frequency=dict(state.frequency),
+        )
+
     def wipe(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
         self.state, self.segments, self.generation = State(), [], -1
         self._opened.clear()
+        self._segments_by_generation.clear()
 
     def live_hashes(self, generation: int) -> dict[str, str] | None:
         """Article id -> content hash of what ``generation``'s state indexes (None: no such state)."""
