@@ -82,7 +82,7 @@ def contenders(pipeline: Pipeline, question: str) -> tuple[list[Sentence], np.nd
     sentences = answerer.candidate_sentences(candidates[: settings.top_k], pipeline.index.articles)
     if not sentences:
         return [], np.zeros(0), coverage
-    first = answerer.first_pass(question, sentences)
+    first, _ = answerer.first_pass(question, sentences)
     order = np.argsort(-first, kind="stable")[: settings.answer_rescore]
     return [sentences[i] for i in order], first[order], coverage
 

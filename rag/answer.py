@@ -3,10 +3,12 @@
 Candidate sentences come from the top retrieved passages. A cheap first pass ranks them all by meaning
 (their stored vectors against the question's), by the question's words they contain, by their passage's
 rank, and by whether they hold the kind of thing asked for (a number for "how many", a name for "who").
-The few that lead are then re-read with the question by the fine-tuned cross-encoder (``rerank.py``),
-whose calibrated probability that the sentence answers orders them and is the answer's confidence. The
-best is quoted verbatim with its offsets; a second one from another article joins it when it is nearly
-as likely, so a question spanning two articles cites both. When even the best is unlikely to answer, the
+The few that lead are then re-scored: by default with their own embedding (the stored vectors read each
+sentence in its passage), or, with RAG_ANSWER_RERANKER, re-read with the question by the cross-encoder
+fine-tuned on SQuAD (``rerank.py``), whose calibrated probability orders them and is the confidence. The
+best is quoted verbatim with its offsets, after the short answer when a name, place, date or number was
+asked for (``short_answer.py``); a second one from another article joins it when it scores nearly as
+well, or, for a "which two …" question, when it too is likely to answer. Weak best evidence means the
 articles do not answer: we say so.
 """
 
@@ -210,16 +212,17 @@ class ExtractiveAnswerer:
                     found.append(Sentence(article, index, span, rank))
         return found
 
-    def first_pass(self, question: str, sentences: list[Sentence]) -> np.ndarray:
+    def first_pass(self, question: str, sentences: list[Sentence]) -> tuple[np.ndarray, np.ndarray]:
         """The cheap score of every candidate: meaning from the stored sentence vectors, shared words,
-        passage rank and answer kind, with the hand-set weights (it only chooses the contenders)."""
+        passage rank and answer kind, with the hand-set weights (it only chooses the contenders); and
+        the cosine it used (the meaning part)."""
         texts = [s.article.text[s.span.start : s.span.end] for s in sentences]
         q_tokens = set(tokenize([question])[0])
         kind = expected_kind(question)
         question_vector = self.embedder.embed_query(question)
         meaning = self.index.sentence_vectors([(s.article.id, s.index) for s in sentences]) @ question_vector
         w = self.scorer
-        return np.array(
+        scores = np.array(
             [
                 w.meaning * cosine
                 + w.words * overlap(q_tokens, tokens)
@@ -228,6 +231,7 @@ class ExtractiveAnswerer:
                 for s, text, tokens, cosine in zip(sentences, texts, tokenize(texts), meaning, strict=True)
             ]
         )
+        return scores, meaning
 
     def score(self, question: str, sentences: list[Sentence], coverage: float = 0.0) -> list[Evidence]:
         """The first pass over every candidate, then the leading few re-read and ordered by the reranker
@@ -240,7 +244,7 @@ class ExtractiveAnswerer:
         if not sentences:
             return []
         texts = [s.article.text[s.span.start : s.span.end] for s in sentences]
-        first_scores = self.first_pass(question, sentences)
+        first_scores, stored = self.first_pass(question, sentences)
         first = [int(i) for i in np.argsort(-first_scores, kind="stable")]
         contenders = first[: self.settings.answer_rescore]
         chosen = [texts[i] for i in contenders]
@@ -254,11 +258,8 @@ class ExtractiveAnswerer:
         else:
             question_vector = self.embedder.embed_query(question)
             alone = self.embedder.embed_cached(chosen) @ question_vector
-            stored = self.index.sentence_vectors(
-                [(sentences[i].article.id, sentences[i].index) for i in contenders]
-            )
             scores = first_scores.copy()
-            scores[contenders] += self.scorer.meaning * (alone - stored @ question_vector)
+            scores[contenders] += self.scorer.meaning * (alone - stored[contenders])
         # The contenders, now scored alike, lead; the rest keep their order (read in context, their
         # scores run a little high, so they are not compared with the contenders' again).
         order = [*sorted(contenders, key=lambda i: -scores[i]), *first[len(contenders) :]]
