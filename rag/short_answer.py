@@ -90,6 +90,8 @@ def _names(quote: str, kind: str, asked: set[str]) -> list[Span]:
                 words = words[1:]
             if any("-" in w for *_, w in words):  # "Russia-Ukraine": two places joined, not a person
                 continue
+            if len(words) == 1 and _NATIONALITY.match(words[0][2].lower()):  # "Serbian" names no one
+                continue
         if not words or all(_bare(w) in asked for *_, w in words):
             continue
         start, end = words[0][0], words[-1][1]

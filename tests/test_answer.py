@@ -81,6 +81,7 @@ def phrase(question: str, quote: str) -> str | None:
         ("Where will the ministers meet?", "The ministers will meet in Valletta next week.", "Valletta"),
         ("Why did the ministers meet?", "The ministers met to settle the fishing dispute.", None),
         ("Who chaired the meeting?", "The meeting was chaired by the eldest member.", None),  # no name there
+        ("Who offered to mediate?", "The Norwegian proposal to mediate was welcomed.", None),  # a nationality
     ],
 )
 def test_the_short_answer_is_the_phrase_asked_for(question: str, quote: str, expected: str | None) -> None:
