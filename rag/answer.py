@@ -233,6 +233,14 @@ class ExtractiveAnswerer:
         )
         return scores, meaning
 
+    def first_order(
+        self, question: str, sentences: list[Sentence]
+    ) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """The candidates' indices best first by the first pass (its leading ``answer_rescore`` are the
+        contenders re-scored), with the first-pass scores and cosines."""
+        scores, cosines = self.first_pass(question, sentences)
+        return [int(i) for i in np.argsort(-scores, kind="stable")], scores, cosines
+
     def score(self, question: str, sentences: list[Sentence], coverage: float = 0.0) -> list[Evidence]:
         """The first pass over every candidate, then the leading few re-read and ordered by the reranker
         (its probability takes the first pass's score into account), best first.
@@ -244,8 +252,7 @@ class ExtractiveAnswerer:
         if not sentences:
             return []
         texts = [s.article.text[s.span.start : s.span.end] for s in sentences]
-        first_scores, stored = self.first_pass(question, sentences)
-        first = [int(i) for i in np.argsort(-first_scores, kind="stable")]
+        first, first_scores, stored = self.first_order(question, sentences)
         contenders = first[: self.settings.answer_rescore]
         chosen = [texts[i] for i in contenders]
         if self.reranker is not None:
