@@ -13,7 +13,8 @@ Pairs per question (only questions whose answer offset is exact, ``offset_method
 
 The split is the data's own: ``train`` articles are fitted, ``valid`` articles (others) are reported:
 accuracy at picking the answer sentence within its paragraph, beside the embedding cosine, and how well
-the logit separates answers from the negatives. Fixed seeds; the weights are written as fp16.
+the logit separates answers from the negatives. Fixed seeds; the weights are written packed (int8 rows with
+fp16 scales, ``rag.rerank.packed``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,14 @@ import typer
 
 from rag.chunking import sentence_spans
 from rag.embeddings import Embedder, resolve_model_path
-from rag.rerank import CARD_FILE, WEIGHTS_FILE, build_pair_scorer, pair_tokenizer, trained_state_names
+from rag.rerank import (
+    CARD_FILE,
+    WEIGHTS_FILE,
+    build_pair_scorer,
+    packed,
+    pair_tokenizer,
+    trained_state_names,
+)
 from rag.settings import Settings
 from rag.sparse import tokenize
 
@@ -272,7 +280,7 @@ def main(
     card["validation (squad11-train valid articles)"] = report
     card["credit"] = CREDIT
     state = model.state_dict()
-    save_file({n: state[n].half().contiguous() for n in trained_state_names(model)}, str(WEIGHTS_FILE))
+    save_file(packed({n: state[n] for n in trained_state_names(model)}), str(WEIGHTS_FILE))
     CARD_FILE.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {WEIGHTS_FILE} and {CARD_FILE} in {time.perf_counter() - started:.0f} s", flush=True)
 

@@ -131,8 +131,43 @@ def build_pair_scorer(model_dir: Path, trained_layers: int, weights: dict[str, t
         missing = set(trained_state_names(model)) - set(weights)
         if missing:
             raise ModelNotFoundError(f"The answer reranker's weights lack {sorted(missing)[:3]}…")
-        model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
+        model.load_state_dict(weights, strict=False)
     return model.eval()
+
+
+# The suffix of a packed weight's per-row scales (see ``packed``).
+_SCALE = ".int8_scale"
+
+
+def packed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trained weights as shipped: each encoder weight matrix as int8 with an fp16 scale per row (its
+    output channel), everything else fp16. 3.6 MB instead of 7.1 in fp16; the ONNX export quantises the
+    same rows to int8 per channel anyway, so the model that runs barely changes."""
+    import torch
+
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if name.startswith("encoder.") and tensor.dim() == 2:
+            scale = tensor.float().abs().amax(dim=1).clamp(min=1e-12) / 127
+            out[name] = torch.round(tensor.float() / scale[:, None]).to(torch.int8).contiguous()
+            out[name + _SCALE] = scale.half().contiguous()
+        else:
+            out[name] = tensor.half().contiguous()
+    return out
+
+
+def read_weights(path: Path = WEIGHTS_FILE) -> dict[str, torch.Tensor]:
+    """The shipped weights, unpacked to float32 (the inverse of ``packed``)."""
+    from safetensors.torch import load_file
+
+    stored = load_file(str(path))
+    weights = {}
+    for name, tensor in stored.items():
+        if name.endswith(_SCALE):
+            continue
+        scale = stored.get(name + _SCALE)
+        weights[name] = tensor.float() * scale.float()[:, None] if scale is not None else tensor.float()
+    return weights
 
 
 def trained_state_names(model: Any) -> list[str]:
@@ -164,11 +199,10 @@ def onnx_path(card: RerankerCard, cache_dir: Path) -> Path:
 def export_onnx(base: Path, card: RerankerCard, target: Path) -> None:
     """Base model + shipped layers, exported with torch.onnx to a temporary name and renamed."""
     import torch
-    from safetensors.torch import load_file
 
     log.info("Exporting the answer reranker to ONNX at %s (once per machine)", target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    model = build_pair_scorer(base, card.trained_layers, load_file(str(WEIGHTS_FILE)))
+    model = build_pair_scorer(base, card.trained_layers, read_weights())
     mask = torch.tensor([[1] * 8, [1] * 5 + [0] * 3])
     with (
         tempfile.TemporaryDirectory(dir=target.parent) as tmp,

@@ -13,7 +13,7 @@ from rag.chunking import sentence_spans
 from rag.embeddings import resolve_model_path
 from rag.errors import ModelNotFoundError
 from rag.pipeline import Pipeline
-from rag.rerank import WEIGHTS_FILE, AnswerReranker, RerankerCard, build_pair_scorer, pair_tokenizer
+from rag.rerank import AnswerReranker, RerankerCard, build_pair_scorer, pair_tokenizer, read_weights
 from rag.settings import Settings
 from rag.short_answer import expected_kind, short_answer
 from rag.types import IndexedArticle, Span
@@ -119,11 +119,10 @@ def test_the_reranker_notices_when_the_place_asked_about_differs(reranker: Answe
 
 def test_the_onnx_reranker_gives_the_shipped_weights_logits(reranker: AnswerReranker) -> None:
     import torch
-    from safetensors.torch import load_file
 
     card = reranker.card
     base = resolve_model_path(card.base_model)
-    model = build_pair_scorer(base, card.trained_layers, load_file(str(WEIGHTS_FILE)))
+    model = build_pair_scorer(base, card.trained_layers, read_weights())
     question = "How long is the bridge?"
     sentences = ["The bridge is 1,200 metres long.", "It opened in 1998 after a long and costly delay."]
     encodings = pair_tokenizer(base, card.max_tokens).encode_batch([(question, s) for s in sentences])
