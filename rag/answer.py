@@ -14,13 +14,18 @@ articles do not answer: we say so.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rag.errors import ModelNotFoundError
+from rag.negation import unmatched_negation
 from rag.retrieve import Candidate, jaccard, shingles
 from rag.settings import Settings
 from rag.short_answer import expected_kind, short_answer
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
     from rag.rerank import AnswerReranker
 
 NOT_FOUND = "The articles do not say."
+# What `make train` fitted for the hand-set scorer's confidence (evals/fit_confidence.py).
+CONFIDENCE_CARD = Path(__file__).parent / "models" / "answer_confidence.json"
 _WORD = re.compile(r"\S+")
 _NUMBER = re.compile(
     r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|hundred|thousand|million|billion)\b",
@@ -62,6 +69,17 @@ _SEVERAL = re.compile(
     re.I,
 )
 _CLAUSE = re.compile(r"(?<=[,;:—–])\s+|\s+(?=[—–]\s)")
+
+
+@lru_cache(maxsize=1)
+def fitted_negation_penalty(path: Path = CONFIDENCE_CARD) -> float:
+    """The negation penalty `make train` fitted for the hand-set scorer (its card says how)."""
+    try:
+        return float(json.loads(path.read_text(encoding="utf-8"))["hand_set"]["negation_penalty"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelNotFoundError(
+            f"The answer confidence card {path} is missing or unreadable ({exc})."
+        ) from exc
 
 
 @dataclass
@@ -391,10 +409,19 @@ class ExtractiveAnswerer:
             citations.append(quote(n, evidence.article, span, evidence.score))
         return citations
 
+    @property
+    def negation_penalty(self) -> float:
+        """The hand-set scorer's penalty for a negated question answered by a quote that negates nothing:
+        the setting, else the one `make train` fitted."""
+        if self.settings.negation_penalty is not None:
+            return self.settings.negation_penalty
+        return fitted_negation_penalty()
+
     def confidence(self, best: float, coverage: float, question: str, citations: list[Citation]) -> float:
         """The reranker's probability that the best sentence answers; with the hand-set scorer, its score
         blended with term coverage and docked when the quote lacks what was asked ("how many …" answered
-        without a number is no answer, however well the rest matches)."""
+        without a number is no answer, however well the rest matches; nor is "what did X not do?"
+        answered by what X did)."""
         if self.reranker is not None:
             return round(best, 4)
         weight = self.settings.coverage_weight
@@ -402,6 +429,8 @@ class ExtractiveAnswerer:
         kind = expected_kind(question)
         if kind in ("number", "date") and not any(has_kind(c.quote, kind, question) for c in citations):
             value -= self.settings.missing_kind_penalty
+        if unmatched_negation(question, " ".join(c.quote for c in citations)):
+            value -= self.negation_penalty
         return round(value, 4)
 
     def answer(

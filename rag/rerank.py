@@ -30,6 +30,7 @@ import numpy as np
 from rag import offline  # noqa: F401  (sets the offline switches before any model library loads)
 from rag.embeddings import resolve_model_path
 from rag.errors import ModelNotFoundError
+from rag.negation import unmatched_negation
 
 if TYPE_CHECKING:
     import torch
@@ -56,6 +57,7 @@ class RerankerCard:
     scale: float
     first_pass_weight: float
     coverage_weight: float
+    negation_weight: float
     shift: float
     threshold: float
 
@@ -73,6 +75,7 @@ class RerankerCard:
                 float(calibration.get("scale", 1.0)),
                 float(calibration.get("first_pass_weight", 0.0)),
                 float(calibration.get("coverage_weight", 0.0)),
+                float(calibration.get("negation_weight", 0.0)),
                 float(calibration.get("shift", 0.0)),
                 float(calibration.get("threshold", 0.5)),
             )
@@ -280,15 +283,18 @@ class AnswerReranker:
         self, question: str, sentences: list[str], first_pass: np.ndarray | None = None, coverage: float = 0.0
     ) -> np.ndarray:
         """The calibrated probability that each sentence answers the question, from the reranker's logit,
-        the first pass's score (which knows the passage's rank; the reranker does not) and how much of
-        the question's vocabulary the top passages hold."""
+        the first pass's score (which knows the passage's rank; the reranker does not), how much of
+        the question's vocabulary the top passages hold, and whether a negated question meets a sentence
+        that negates nothing (the reranker never saw a negated question)."""
         logits = self.logits(question, sentences).astype(np.float64)
         prior = np.zeros(len(sentences)) if first_pass is None else np.asarray(first_pass, dtype=np.float64)
+        unmatched = np.array([unmatched_negation(question, s) for s in sentences], dtype=np.float64)
         card = self.card
         z = (
             card.scale * logits
             + card.first_pass_weight * prior
             + card.coverage_weight * coverage
+            + card.negation_weight * unmatched
             + card.shift
         )
         return np.asarray(1 / (1 + np.exp(-z)), dtype=np.float32)

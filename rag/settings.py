@@ -135,6 +135,10 @@ class Settings(BaseSettings):
     coverage_weight: float = Field(0.5, ge=0.0, le=1.0)
     # Subtracted from the confidence when a "how many"/"when" question is answered without a number/date.
     missing_kind_penalty: float = Field(0.1, ge=0.0)
+    # Subtracted from the hand-set scorer's confidence when a negated question ("what did X not do?") is
+    # answered by a quote that negates nothing (rag/negation.py). Unset: the penalty `make train` fitted
+    # on SQuAD questions (rag/models/answer_confidence.json).
+    negation_penalty: float | None = Field(None, ge=0.0)
     # The next sentence joins the quote when it scores within this margin of the best one.
     continuation_margin: float = Field(0.1, ge=0.0)
     # The sentence score: meaning (cosine to the question), shared words, passage rank, and holding the

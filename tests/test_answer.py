@@ -117,6 +117,20 @@ def test_the_reranker_notices_when_the_place_asked_about_differs(reranker: Answe
     assert asked_right > asked_wrong
 
 
+def test_the_reranker_doubts_a_positive_answer_to_a_negated_question(reranker: AnswerReranker) -> None:
+    """Its calibration (fitted with negated SQuAD questions) docks a sentence that negates nothing; a
+    sentence that does negate keeps the plain question's footing."""
+    positive = "The new harbour bridge in Tromsø was designed by the engineer Ingrid Dahl."
+    negative = "The new harbour bridge in Tromsø was not designed by the engineer Ingrid Dahl."
+    plain = reranker.probabilities("Who designed the new harbour bridge in Tromsø?", [positive])[0]
+    negated_positive, negated_negative = reranker.probabilities(
+        "Who didn't design the new harbour bridge in Tromsø?", [positive, negative]
+    )
+    assert reranker.card.negation_weight < 0
+    assert negated_positive < plain / 5
+    assert negated_negative > negated_positive
+
+
 def test_the_onnx_reranker_gives_the_shipped_weights_logits(reranker: AnswerReranker) -> None:
     import torch
 
