@@ -221,6 +221,14 @@ def test_bm25_tokens_are_those_bm25s_would_make() -> None:
     assert sum(map(len, expected)) > 1000
 
 
+def test_the_written_out_stop_words_are_bm25s_own() -> None:
+    from bm25s.stopwords import STOPWORDS_EN_PLUS
+
+    from rag.sparse import _BM25S_STOPWORDS
+
+    assert sorted(_BM25S_STOPWORDS) == sorted(STOPWORDS_EN_PLUS)
+
+
 def bm25s_ranking(pipeline: Pipeline, question: str, k: int) -> list[tuple[tuple[str, int], float]]:
     """What bm25s, built from scratch over the index's current chunks, ranks first."""
     import bm25s
