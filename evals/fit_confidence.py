@@ -10,7 +10,8 @@ has never seen a question the articles do not answer. So the fit runs the real p
 ``valid`` articles of `../shared/data/squad11-train` (CC BY-SA 4.0, Rajpurkar et al. 2016; articles the
 reranker was not fitted on) and asks three kinds of question:
 - their own questions (answerable; a sentence is right when it holds the answer);
-- the same with a name or number swapped for another of the article's (unanswerable, like SQuAD 2.0's);
+- the same with a name or number swapped for another of the article's, or for one it never uses
+  (unanswerable, like SQuAD 2.0's and like on-topic questions about someone the articles never name);
 - the same negated ("Who was …" -> "Who wasn't …") when the answer sentence negates nothing
   (unanswerable, like SQuAD 2.0's);
 - ``train`` questions about articles that are not in the index (unanswerable: a retrieval miss).
@@ -42,6 +43,7 @@ from rag.rerank import CARD_FILE, AnswerReranker, RerankerCard, load_reranker
 from rag.settings import Settings
 
 WORK = Path(tempfile.gettempdir()) / "rag-fit-confidence"
+KINDS = ("answerable", "swap", "stranger", "negated", "miss")
 
 
 @dataclass
@@ -49,7 +51,7 @@ class Asked:
     """One question through the pipeline: its contenders' features and which hold the answer."""
 
     question: str
-    kind: str  # answerable | swap | negated | miss
+    kind: str  # one of KINDS
     doc_id: str
     features: np.ndarray  # contenders x (logit, first pass, coverage, unmatched negation)
     right: np.ndarray  # contenders: holds the answer
@@ -139,11 +141,14 @@ def questions_of(
     data: Path, texts: dict[str, str], per_article: int, rng: random.Random
 ) -> list[dict[str, Any]]:
     """Up to ``per_article`` questions of each valid article (those that negate of themselves among
-    them at their natural rate, so that the threshold answers a natural mix), with a swapped and a
-    negated twin where one can be made, and questions about articles that are not indexed."""
+    them at their natural rate, so that the threshold answers a natural mix), with twins where they can
+    be made: a name or number swapped for another of the article's, or for one the article never uses
+    (a stranger: "What did the Pope say …" of an article without him), and negated; and questions
+    about articles that are not indexed."""
     rows = [q for q in read_jsonl_gz(data / "questions.jsonl.gz") if q["offset_method"] == "unique"]
     rng.shuffle(rows)
     names = {doc_id: sorted(set(NAME_OR_NUMBER.findall(text))) for doc_id, text in texts.items()}
+    everywhere = sorted({n for found in names.values() for n in found})
     taken: dict[str, int] = {}
     chosen: list[dict[str, Any]] = []
     misses = []
@@ -164,6 +169,11 @@ def questions_of(
         changed = swapped(row["question"], sentence, names[doc_id], rng)
         if changed:
             chosen.append({"question": changed, "kind": "swap", "doc_id": doc_id, "answers": []})
+        own = set(names[doc_id])
+        strangers = [n for n in rng.sample(everywhere, _STRANGERS) if n not in own]
+        changed = swapped(row["question"], sentence, strangers, rng)
+        if changed:
+            chosen.append({"question": changed, "kind": "stranger", "doc_id": doc_id, "answers": []})
         negated = negate(row["question"])
         if negated and unmatched_negation(negated, sentence):
             chosen.append({"question": negated, "kind": "negated", "doc_id": doc_id, "answers": []})
@@ -180,6 +190,9 @@ def questions_of(
         )
     return chosen
 
+
+# Names of other articles a stranger is drawn from, per question.
+_STRANGERS = 200
 
 Weights = tuple[float, float, float, float, float]  # logit, first pass, coverage, negation, shift
 
@@ -212,7 +225,7 @@ def fit_negation_penalty(answered: list[Answered]) -> float:
 def hand_set_report(answered: list[Answered], threshold: float, penalty: float) -> dict[str, float]:
     """What the hand-set scorer does at its threshold with the given penalty, by kind of question."""
     report: dict[str, float] = {}
-    for kind in ("answerable", "swap", "negated", "miss"):
+    for kind in KINDS:
         rows = [a for a in answered if a.kind == kind]
         passed = [a for a in rows if a.confidence - penalty * a.unmatched >= threshold]
         if kind == "answerable":
@@ -237,7 +250,7 @@ def choose_threshold(asked: list[Asked], weights: Weights, answered: float) -> d
     answerable = sorted((p for kind, p, _ in scored if kind == "answerable"), reverse=True)
     threshold = answerable[max(0, int(np.ceil(answered * len(answerable))) - 1)]
     report: dict[str, float] = {"threshold": round(threshold, 4)}
-    for kind in ("answerable", "swap", "negated", "miss"):
+    for kind in KINDS:
         rows = [(p, right) for k, p, right in scored if k == kind]
         passed = [right for p, right in rows if p >= threshold]
         if kind == "answerable":
