@@ -102,7 +102,7 @@ def contenders(pipeline: Pipeline, question: str) -> tuple[list[Sentence], np.nd
     if not sentences:
         return [], np.zeros(0), coverage
     order, first, _ = answerer.first_order(question, sentences)
-    contenders = order[: settings.answer_rescore]
+    contenders = order[: answerer.rescored]
     return [sentences[i] for i in contenders], first[contenders], coverage
 
 

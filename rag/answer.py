@@ -254,7 +254,7 @@ class ExtractiveAnswerer:
     def first_order(
         self, question: str, sentences: list[Sentence]
     ) -> tuple[list[int], np.ndarray, np.ndarray]:
-        """The candidates' indices best first by the first pass (its leading ``answer_rescore`` are the
+        """The candidates' indices best first by the first pass (its leading ``rescored`` are the
         contenders re-scored), with the first-pass scores and cosines."""
         scores, cosines = self.first_pass(question, sentences)
         return [int(i) for i in np.argsort(-scores, kind="stable")], scores, cosines
@@ -271,7 +271,7 @@ class ExtractiveAnswerer:
             return []
         texts = [s.article.text[s.span.start : s.span.end] for s in sentences]
         first, first_scores, stored = self.first_order(question, sentences)
-        contenders = first[: self.settings.answer_rescore]
+        contenders = first[: self.rescored]
         chosen = [texts[i] for i in contenders]
         if self.reranker is not None:
             # Only the contenders were read with the question; the rest score 0 so that nothing compares
@@ -408,6 +408,13 @@ class ExtractiveAnswerer:
             span = self.extend_list(evidence.article, self.with_context(evidence, question, ranked))
             citations.append(quote(n, evidence.article, span, evidence.score))
         return citations
+
+    @property
+    def rescored(self) -> int:
+        """How many leading candidates the second pass re-reads: the reranker is dearer per sentence."""
+        if self.reranker is not None:
+            return self.settings.reranker_rescore
+        return self.settings.answer_rescore
 
     @property
     def negation_penalty(self) -> float:
