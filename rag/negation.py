@@ -1,11 +1,11 @@
-"""Negated questions: "What did the treaties not limit?" asks for what a sentence denies.
+"""Negated questions: "Which ports did the new rules not cover?" asks for what a sentence denies.
 
-A sentence that matches such a question word for word but states the positive ("The treaties limit free
-trade …") is the most tempting wrong answer there is: the meaning and word scores rate it highly, and
-neither the embedder nor the reranker was trained on questions that negate. SQuAD 2.0's writers made
-about a sixth of its unanswerable questions this way, and they look the same in news ("Which country did
-not offer to host the talks?"). The answer step uses ``unmatched_negation`` as a confidence feature
-whose weight is fitted (``evals/fit_confidence.py``), not as a rule.
+A sentence that matches such a question word for word but states the positive ("The new rules cover
+every port on the coast …") is the most tempting wrong answer there is: the meaning and word scores rate
+it highly, and neither the embedder nor the reranker was trained on questions that negate. SQuAD 2.0's
+writers made about a sixth of its unanswerable questions this way, and news readers ask them too
+("Which club did not renew the coach's contract?"). The answer step uses ``unmatched_negation`` as a
+confidence feature whose weight is fitted (``evals/fit_confidence.py``), not as a rule.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ _QUESTION_NEGATION = re.compile(
     r"\b(not|never|no|none|nor|neither|nobody|nothing|nowhere|cannot)\b|n[’']t\b", re.I
 )
 # How a sentence can state what such a question asks for: besides the negations themselves, the verbs
-# and words that deny, refuse or leave out ("declined to host", "was exempt", "except Norway").
+# and words that deny, refuse or leave out ("declined to sign", "was exempt", "except Norway").
 _STATEMENT_NEGATION = re.compile(
     r"\b(not|never|no|none|nor|neither|nobody|nothing|nowhere|cannot|without|unable|instead|rather than|"
     r"lack\w*|fail\w*|refus\w*|declin\w*|reject\w*|den(?:y|ies|ied|ial)|exempt\w*|except\w*|exclud\w*|"

@@ -17,11 +17,11 @@ from tests.conftest import make_settings
 @pytest.mark.parametrize(
     ("question", "negated"),
     [
-        ("What did the treaties not limit?", True),
-        ("Which country hasn't offered to host the talks?", True),
+        ("Which ports did the new rules not cover?", True),
+        ("Which club hasn't renewed the coach's contract?", True),
         ("Who never signed the accord?", True),
         ("Who signed the accord?", False),
-        ("What is the notion behind the offer?", False),  # "not" inside a word
+        ("What is the notion behind the plan?", False),  # "not" inside a word
         ("Where is Nottingham?", False),
     ],
 )
@@ -32,9 +32,9 @@ def test_a_negated_question_is_recognised(question: str, negated: bool) -> None:
 @pytest.mark.parametrize(
     ("text", "unmatched"),
     [
-        ("The treaties limit free trade.", True),
-        ("The treaties do not limit free trade.", False),
-        ("Norway declined to host the talks.", False),
+        ("The new rules cover every port on the coast.", True),
+        ("The new rules do not cover the northern ports.", False),
+        ("Norway declined to sign the accord.", False),
         ("Every member except Norway signed.", False),
         ("Hungary was exempt from the embargo.", False),
     ],
@@ -48,8 +48,8 @@ def test_a_quote_that_negates_nothing_leaves_a_negated_question_unmatched(text: 
     ("question", "expected"),
     [
         ("Who was the first king?", "Who wasn't the first king?"),
-        ("What did Kissinger negotiate?", "What didn't Kissinger negotiate?"),
-        ("When can a packet be sent?", "When can't a packet be sent?"),
+        ("What did the mayor announce?", "What didn't the mayor announce?"),
+        ("When can a ferry leave the harbour?", "When can't a ferry leave the harbour?"),
         ("What will happen next?", "What won't happen next?"),
         ("Is it raining?", "Isn't it raining?"),
         ("What causes rain?", None),  # no auxiliary to negate
