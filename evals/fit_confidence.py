@@ -8,7 +8,7 @@ The reranker was trained within one paragraph; in the pipeline its contenders co
 several articles, which it cannot rank against each other (it does not see the passage's rank), and it
 has never seen a question the articles do not answer. So the fit runs the real pipeline over the
 ``valid`` articles of `../shared/data/squad11-train` (CC BY-SA 4.0, Rajpurkar et al. 2016; articles the
-reranker was not fitted on) and asks three kinds of question:
+reranker was not fitted on) and asks four kinds of question:
 - their own questions (answerable; a sentence is right when it holds the answer);
 - the same with a name or number swapped for another of the article's, or for one it never uses
   (unanswerable, like SQuAD 2.0's and like on-topic questions about someone the articles never name);
