@@ -17,11 +17,13 @@ _QUESTION_NEGATION = re.compile(
     r"\b(not|never|no|none|nor|neither|nobody|nothing|nowhere|cannot)\b|n[’']t\b", re.I
 )
 # How a sentence can state what such a question asks for: besides the negations themselves, the verbs
-# and words that deny, refuse or leave out ("declined to sign", "was exempt", "except Norway").
+# and words that deny, refuse, withhold or leave out ("declined to sign", "has yet to reply", "was
+# exempt", "except Norway"), as news reports them.
 _STATEMENT_NEGATION = re.compile(
     r"\b(not|never|no|none|nor|neither|nobody|nothing|nowhere|cannot|without|unable|instead|rather than|"
+    r"yet to|ruled out|stopped short|free (?:of|from)|"
     r"lack\w*|fail\w*|refus\w*|declin\w*|reject\w*|den(?:y|ies|ied|ial)|exempt\w*|except\w*|exclud\w*|"
-    r"absen\w*|neglect\w*|avoid\w*|omit\w*)\b|n[’']t\b",
+    r"absen\w*|neglect\w*|avoid\w*|omit\w*|abstain\w*|withh[eo]ld\w*|oppos\w*|boycott\w*)\b|n[’']t\b",
     re.I,
 )
 _AUXILIARY = re.compile(r"\b(is|was|are|were|did|does|do|has|have|had|can|could|will|would|should)\b", re.I)

@@ -37,6 +37,8 @@ def test_a_negated_question_is_recognised(question: str, negated: bool) -> None:
         ("Norway declined to sign the accord.", False),
         ("Every member except Norway signed.", False),
         ("Hungary was exempt from the embargo.", False),
+        ("Norway has yet to reply to the invitation.", False),
+        ("Norway abstained in the vote.", False),
     ],
 )
 def test_a_quote_that_negates_nothing_leaves_a_negated_question_unmatched(text: str, unmatched: bool) -> None:
