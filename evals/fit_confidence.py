@@ -93,12 +93,9 @@ def valid_pipeline(work: Path, data: Path) -> tuple[Pipeline, dict[str, str]]:
 def contenders(pipeline: Pipeline, question: str) -> tuple[list[Sentence], np.ndarray, float]:
     """The sentences the answer step would re-read, their first-pass scores, and the question's
     coverage by the leading passages, as a query computes them."""
-    settings = pipeline.settings
-    candidates = pipeline.retriever.search(question, max(settings.top_k, settings.draft_passages))
-    leading = candidates[: settings.coverage_passages]
-    coverage = pipeline.retriever.coverage(question, [c.chunk.text for c in leading])
+    candidates, coverage = pipeline.draft_evidence(question)
     answerer = pipeline.answerer
-    sentences = answerer.candidate_sentences(candidates[: settings.top_k], pipeline.index.articles)
+    sentences = answerer.candidate_sentences(candidates[: pipeline.settings.top_k], pipeline.index.articles)
     if not sentences:
         return [], np.zeros(0), coverage
     order, first, _ = answerer.first_order(question, sentences)
@@ -112,7 +109,7 @@ def ask(pipeline: Pipeline, question: str, kind: str, doc_id: str, answers: list
     sentences, first, coverage = contenders(pipeline, question)
     if not sentences:
         return None
-    texts = [s.article.text[s.span.start : s.span.end] for s in sentences]
+    texts = [s.text for s in sentences]
     logits = reranker.logits(question, texts)
     right = np.array([holds_answer([t], answers) for t in texts])
     unmatched = [unmatched_negation(question, t) for t in texts]

@@ -109,6 +109,10 @@ class Sentence:
     span: Span
     passage_rank: int
 
+    @property
+    def text(self) -> str:
+        return self.article.text[self.span.start : self.span.end]
+
 
 @dataclass
 class Evidence:
@@ -193,8 +197,8 @@ class ExtractiveAnswerer:
         settings: Settings,
         reranker: AnswerReranker | None = None,
     ) -> None:
-        """Without a ``reranker`` the leading sentences are re-scored by the hand-set first-pass score
-        with their stand-alone embedding (the scorer before issue 16, kept for comparison)."""
+        """Without a ``reranker`` (the default) the leading sentences are re-scored by the hand-set
+        first-pass score with their stand-alone embedding."""
         self.index = index
         self.embedder = embedder
         self.settings = settings
@@ -234,7 +238,7 @@ class ExtractiveAnswerer:
         """The cheap score of every candidate: meaning from the stored sentence vectors, shared words,
         passage rank and answer kind, with the hand-set weights (it only chooses the contenders); and
         the cosine it used (the meaning part)."""
-        texts = [s.article.text[s.span.start : s.span.end] for s in sentences]
+        texts = [s.text for s in sentences]
         q_tokens = set(tokenize([question])[0])
         kind = expected_kind(question)
         question_vector = self.embedder.embed_query(question)
@@ -260,8 +264,9 @@ class ExtractiveAnswerer:
         return [int(i) for i in np.argsort(-scores, kind="stable")], scores, cosines
 
     def score(self, question: str, sentences: list[Sentence], coverage: float = 0.0) -> list[Evidence]:
-        """The first pass over every candidate, then the leading few re-read and ordered by the reranker
-        (its probability takes the first pass's score into account), best first.
+        """The first pass over every candidate, then the leading few re-scored, best first: re-read with
+        the question by the reranker (its probability takes the first pass's score into account), or,
+        without it, with their own embedding in place of the stored one.
 
         The stored sentence vectors were read in their passages, so a sentence leans towards its
         neighbours' topic; that ranks candidates well, but only a reading of the sentence with the
@@ -269,10 +274,9 @@ class ExtractiveAnswerer:
         """
         if not sentences:
             return []
-        texts = [s.article.text[s.span.start : s.span.end] for s in sentences]
         first, first_scores, stored = self.first_order(question, sentences)
         contenders = first[: self.rescored]
-        chosen = [texts[i] for i in contenders]
+        chosen = [sentences[i].text for i in contenders]
         if self.reranker is not None:
             # Only the contenders were read with the question; the rest score 0 so that nothing compares
             # a first-pass score with a probability.

@@ -349,14 +349,20 @@ class Pipeline:
 
     def _draft(self, question: str, search_query: str) -> Answer:
         """The extractive answer: whether the articles answer at all, and the fallback for any generator."""
-        wanted = max(self.settings.top_k, self.settings.draft_passages)
-        candidates = self.retriever.search(search_query, wanted)
+        candidates, coverage = self.draft_evidence(search_query)
         passages = [self._passage(c) for c in candidates]
-        leading = candidates[: self.settings.coverage_passages]
-        coverage = self.retriever.coverage(search_query, [c.chunk.text for c in leading])
         return self.answerer.answer(
             question, search_query, candidates, self.index.articles, passages, coverage
         )
+
+    def draft_evidence(self, search_query: str) -> tuple[list[Candidate], float]:
+        """The passages the draft answer reads, and how much of the query's vocabulary the leading ones
+        hold (the confidence fit asks the same)."""
+        candidates = self.retriever.search(
+            search_query, max(self.settings.top_k, self.settings.draft_passages)
+        )
+        leading = candidates[: self.settings.coverage_passages]
+        return candidates, self.retriever.coverage(search_query, [c.chunk.text for c in leading])
 
     def _checked(self, answer: Answer, draft: Answer) -> Answer:
         """The product's promise, enforced for every generator: each quote is the article's text at its
