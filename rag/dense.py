@@ -137,6 +137,18 @@ class DenseIndex:
             self._client = self._collection = None
             SharedSystemClient.clear_system_cache()
 
+    def warm(self) -> None:
+        """Load the collection's nearest-neighbour graph now. The embedded database reads it from disk on
+        the first search (0.9 s at 186,000 chunks, chromadb 1.5.9) without holding the interpreter lock,
+        so a start-up can do its own checks meanwhile."""
+        with self._lock:
+            collection = self.collection
+            if self.remote:
+                return
+            probe = np.zeros((1, int(self.signature()["embedding_dim"])), dtype=np.float32)
+            probe[0, 0] = 1.0
+            collection.query(query_embeddings=probe, n_results=1, include=[])
+
     # --- reading -------------------------------------------------------------------------------------
     def search(self, query_vector: np.ndarray, k: int) -> list[tuple[str, float]]:
         """(chunk id, cosine similarity) of the ``k`` nearest chunks, best first."""

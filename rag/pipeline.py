@@ -239,16 +239,38 @@ class Pipeline:
             if interrupted is not None:
                 log.warning("Completing an interrupted ingest of %s", interrupted or "the corpus")
                 self.ingest(interrupted or None)
+            warming = None
             if not self.index.exists:
                 self.ingest()
-            elif self.corpus_changed():
-                self._sync_corpus_unless_busy()
-            self.index.check_compatible()
+            else:
+                self.index.check_compatible()
+                warming = self._warm_dense_index()
+                if self.corpus_changed():
+                    self._sync_corpus_unless_busy()
             if not self.index.sparse_ready():
                 log.warning("Repairing the BM25 index in %s", self.index.root)
                 self.ingest()
+            if warming is not None:
+                warming.join()
             self.index.dense.collection  # noqa: B018  (open Chroma now, not inside the first visitor's request)
             self._prepared = True
+
+    def _warm_dense_index(self) -> threading.Thread:
+        """Open Chroma here, then load its nearest-neighbour graph in a thread beside the start-up's other
+        checks (``DenseIndex.warm``). Opening holds the interpreter lock, so it goes first: a thread that
+        opened it would starve the corpus check's 30,000 file stats. A failure while loading is left to
+        the first search, which meets and reports it."""
+        self.index.dense.collection  # noqa: B018
+
+        def warm() -> None:
+            try:
+                self.index.dense.warm()
+            except Exception:
+                log.debug("Loading the dense index early failed; the first search loads it", exc_info=True)
+
+        thread = threading.Thread(target=warm, name="rag-warm-dense-index", daemon=True)
+        thread.start()
+        return thread
 
     def _sync_corpus_unless_busy(self) -> None:
         """Take in the corpus folder's changes now, unless another ingest is writing: a chat that starts

@@ -170,6 +170,15 @@ def test_query_on_a_fresh_checkout_builds_the_index(fresh_pipeline: Pipeline) ->
     assert fresh_pipeline.index.exists and answer.passages
 
 
+def test_the_dense_graph_loads_early_on_an_empty_and_on_a_built_index(fresh_pipeline: Pipeline) -> None:
+    fresh_pipeline.index.dense.warm()  # nothing to load yet, and no error
+    fresh_pipeline.ingest()
+    restarted = Pipeline(fresh_pipeline.settings)
+    restarted.index.dense.warm()
+    assert restarted.query("Which city did Lukashenko offer as a venue?").found
+    assert restarted.index.is_consistent()
+
+
 def test_chroma_never_runs_its_default_embedding_model(shipped: Pipeline) -> None:
     configuration = shipped.index.dense.collection.configuration
     assert configuration.get("embedding_function") is None
