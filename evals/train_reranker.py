@@ -37,6 +37,7 @@ from rag.embeddings import Embedder, resolve_model_path
 from rag.rerank import (
     CARD_FILE,
     WEIGHTS_FILE,
+    add_low_rank_adapters,
     build_pair_scorer,
     packed,
     pair_tokenizer,
@@ -63,6 +64,14 @@ class Pair:
     sentence: str
     label: int
     kind: str  # answer | paragraph | random | elsewhere | swap
+
+
+@dataclass(frozen=True)
+class Adapters:
+    """Low-rank adapters of the lower layers: their rank (0: the lower layers stay frozen) and rate."""
+
+    rank: int
+    learning_rate: float
 
 
 @dataclass
@@ -244,6 +253,10 @@ def main(
         int, typer.Option(help="Questions from the valid articles to report on.")
     ] = 1000,
     trained_layers: Annotated[int, typer.Option(help="Top encoder layers fine-tuned (the rest frozen).")] = 2,
+    adapter_rank: Annotated[
+        int, typer.Option(help="Rank of the low-rank adapters of the lower layers (0: none).")
+    ] = 0,
+    adapter_learning_rate: Annotated[float, typer.Option()] = 4e-4,
     max_tokens: Annotated[int, typer.Option(help="Token limit of a question-sentence pair.")] = 96,
     batch_size: Annotated[int, typer.Option()] = 32,
     learning_rate: Annotated[float, typer.Option()] = 1e-4,
@@ -269,6 +282,7 @@ def main(
         tokenizer,
         questions,
         trained_layers,
+        Adapters(adapter_rank, adapter_learning_rate),
         max_tokens,
         batch_size,
         learning_rate,
@@ -291,13 +305,15 @@ def fit(
     tokenizer: Any,
     questions: int,
     trained_layers: int,
+    adapters: Adapters,
     max_tokens: int,
     batch_size: int,
     learning_rate: float,
     epochs: int,
     data: Path,
 ) -> tuple[Any, dict[str, Any]]:
-    """One pass of binary cross-entropy over the pairs, the top layers and the head only."""
+    """Binary cross-entropy over the pairs, training the top layers and the head, and the lower layers
+    through low-rank adapters when ``adapters.rank`` is set."""
     import torch
 
     rng = random.Random(SEED)
@@ -317,10 +333,17 @@ def fit(
     trainable = model.trainable()
     for parameter in trainable:
         parameter.requires_grad = True
-    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.01)
+    groups = [{"params": trainable, "lr": learning_rate}]
+    if adapters.rank:
+        groups.append({"params": add_low_rank_adapters(model, adapters.rank), "lr": adapters.learning_rate})
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=0.01)
     batches = [b for _ in range(epochs) for b in batches_by_length(pairs, tokenizer, batch_size, rng)]
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=learning_rate, total_steps=len(batches), pct_start=0.06, anneal_strategy="linear"
+        optimizer,
+        max_lr=[g["lr"] for g in groups],
+        total_steps=len(batches),
+        pct_start=0.06,
+        anneal_strategy="linear",
     )
     loss_of = torch.nn.BCEWithLogitsLoss()
     model.train()
@@ -343,12 +366,14 @@ def fit(
     card = {
         "base_model": base_name,
         "trained_layers": trained_layers,
+        "adapter_rank": adapters.rank,
         "max_tokens": max_tokens,
         "training": {
             "questions": len(train),
             "pairs": counts,
             "batch_size": batch_size,
             "learning_rate": learning_rate,
+            "adapter_learning_rate": adapters.learning_rate if adapters.rank else None,
             "epochs": epochs,
             "seed": SEED,
             "command": "make train",

@@ -134,8 +134,65 @@ def build_pair_scorer(model_dir: Path, trained_layers: int, weights: dict[str, t
         missing = set(trained_state_names(model)) - set(weights)
         if missing:
             raise ModelNotFoundError(f"The answer reranker's weights lack {sorted(missing)[:3]}…")
-        model.load_state_dict(weights, strict=False)
+        model.load_state_dict(weights, strict=False)  # the adapters' factors are merged next
+        merge_low_rank(model, weights)
     return model.eval()
+
+
+# The linear maps of a BERT layer that a low-rank adapter changes, and the suffixes of an adapter's two
+# factors in the weights file (see ``add_low_rank_adapters``).
+_ADAPTED_MAPS = (
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+)
+_LOW_RANK_A, _LOW_RANK_B = ".low_rank_a", ".low_rank_b"
+
+
+def add_low_rank_adapters(model: Any, rank: int) -> list[torch.nn.Parameter]:
+    """Let training change the frozen lower layers too, each linear map W by a low-rank B·A (LoRA, Hu et
+    al. 2021; B starts at zero, so training starts from the base model): a few hundred thousand numbers
+    instead of 1.8 MB per layer, so the weights file stays small. Returns the new parameters; the shipped
+    weights hold the two factors, merged into W when the model is built (``merge_low_rank``)."""
+    import torch
+
+    class Adapted(torch.nn.Module):
+        def __init__(self, linear: torch.nn.Linear) -> None:
+            super().__init__()
+            self.linear = linear
+            scale = linear.in_features**-0.5
+            self.low_rank_a = torch.nn.Parameter(torch.randn(rank, linear.in_features) * scale)
+            self.low_rank_b = torch.nn.Parameter(torch.zeros(linear.out_features, rank))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.linear(x) + (x @ self.low_rank_a.T) @ self.low_rank_b.T  # type: ignore[no-any-return]
+
+    layers = model.encoder.encoder.layer
+    added: list[torch.nn.Parameter] = []
+    for layer in layers[: len(layers) - model.trained_layers]:
+        for path in _ADAPTED_MAPS:
+            parent_path, _, name = path.rpartition(".")
+            parent = layer.get_submodule(parent_path)
+            adapted = Adapted(getattr(parent, name))
+            setattr(parent, name, adapted)
+            added += [adapted.low_rank_a, adapted.low_rank_b]
+    return added
+
+
+def merge_low_rank(model: Any, weights: dict[str, torch.Tensor]) -> None:
+    """Add each shipped adapter's B·A to the linear map it adapted (the model then runs at the base
+    model's cost)."""
+    import torch
+
+    with torch.no_grad():
+        for name, a in weights.items():
+            if name.endswith(_LOW_RANK_A):
+                path = name.removesuffix(_LOW_RANK_A)
+                b = weights[path + _LOW_RANK_B]
+                model.get_submodule(path.removesuffix(".linear")).weight += b @ a
 
 
 # The suffix of a packed weight's per-row scales (see ``packed``).
@@ -174,10 +231,11 @@ def read_weights(path: Path = WEIGHTS_FILE) -> dict[str, torch.Tensor]:
 
 
 def trained_state_names(model: Any) -> list[str]:
-    """State-dict names of the trained top layers and the head (what the weights file holds)."""
+    """State-dict names of the trained top layers, the head and any low-rank adapters (what the weights
+    file holds)."""
     total = len(model.encoder.encoder.layer)
-    prefixes = [f"encoder.encoder.layer.{i}." for i in range(total - model.trained_layers, total)]
-    return [n for n in model.state_dict() if n.startswith("head.") or n.startswith(tuple(prefixes))]
+    prefixes = ("head.", *(f"encoder.encoder.layer.{i}." for i in range(total - model.trained_layers, total)))
+    return [n for n in model.state_dict() if n.startswith(prefixes) or n.endswith((_LOW_RANK_A, _LOW_RANK_B))]
 
 
 def onnx_path(card: RerankerCard, cache_dir: Path) -> Path:

@@ -13,7 +13,16 @@ from rag.chunking import sentence_spans
 from rag.embeddings import resolve_model_path
 from rag.errors import ModelNotFoundError
 from rag.pipeline import Pipeline
-from rag.rerank import AnswerReranker, RerankerCard, build_pair_scorer, pair_tokenizer, read_weights
+from rag.rerank import (
+    AnswerReranker,
+    RerankerCard,
+    add_low_rank_adapters,
+    build_pair_scorer,
+    packed,
+    pair_tokenizer,
+    read_weights,
+    trained_state_names,
+)
 from rag.settings import Settings
 from rag.short_answer import expected_kind, short_answer
 from rag.types import IndexedArticle, Span
@@ -148,6 +157,38 @@ def test_the_onnx_reranker_gives_the_shipped_weights_logits(reranker: AnswerRera
     got = reranker.logits(question, sentences)
     assert list(np.argsort(got)) == list(np.argsort(expected))
     assert np.abs(got - expected).max() < 0.5
+
+
+def test_low_rank_adapters_survive_packing_and_merge_into_the_shipped_model(tmp_path: Path) -> None:
+    """What training runs (base + adapters) and what a query runs (the packed factors merged into the base
+    weights) give the same logits."""
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    base = resolve_model_path(RerankerCard.read().base_model)
+    trained = build_pair_scorer(base, 2, None)
+    adapters = add_low_rank_adapters(trained, rank=4)
+    assert len(adapters) == 2 * 6 * 4  # two factors for six maps in each of the four lower layers
+    with torch.no_grad():
+        for factor in adapters:
+            factor.normal_(std=0.05)  # B starts at zero; make the change visible
+    state = trained.state_dict()
+    shipped = {n: state[n] for n in trained_state_names(trained)}
+    assert sum(n.endswith("low_rank_a") for n in shipped) == 24
+    path = tmp_path / "weights.safetensors"
+    save_file(packed(shipped), str(path))
+    merged = build_pair_scorer(base, 2, read_weights(path))
+    plain = build_pair_scorer(base, 2, None)
+    encodings = pair_tokenizer(base, 64).encode_batch(
+        [("How long is the bridge?", "The bridge is 1,200 metres long."), ("How long?", "It opened in 1998.")]
+    )
+    ids = torch.tensor([e.ids for e in encodings])
+    mask = torch.tensor([e.attention_mask for e in encodings])
+    with torch.no_grad():
+        want, got, without = trained(ids, mask), merged(ids, mask), plain(ids, mask)
+    assert torch.allclose(want, got, atol=0.05)
+    assert not torch.allclose(want, without, atol=0.05)
 
 
 def test_a_missing_reranker_card_is_a_clear_error(tmp_path: Path) -> None:
