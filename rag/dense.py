@@ -141,13 +141,12 @@ class DenseIndex:
         """Load the collection's nearest-neighbour graph now. The embedded database reads it from disk on
         the first search (0.9 s at 186,000 chunks, chromadb 1.5.9) without holding the interpreter lock,
         so a start-up can do its own checks meanwhile."""
+        if self.remote:
+            return  # the server holds its graph in memory already
+        probe = np.zeros((1, int(self.signature()["embedding_dim"])), dtype=np.float32)
+        probe[0, 0] = 1.0
         with self._lock:
-            collection = self.collection
-            if self.remote:
-                return
-            probe = np.zeros((1, int(self.signature()["embedding_dim"])), dtype=np.float32)
-            probe[0, 0] = 1.0
-            collection.query(query_embeddings=probe, n_results=1, include=[])
+            self.collection.query(query_embeddings=probe, n_results=1, include=[])
 
     # --- reading -------------------------------------------------------------------------------------
     def search(self, query_vector: np.ndarray, k: int) -> list[tuple[str, float]]:

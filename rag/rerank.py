@@ -191,8 +191,7 @@ def merge_low_rank(model: Any, weights: dict[str, torch.Tensor]) -> None:
         for name, a in weights.items():
             if name.endswith(_LOW_RANK_A):
                 path = name.removesuffix(_LOW_RANK_A)
-                b = weights[path + _LOW_RANK_B]
-                model.get_submodule(path.removesuffix(".linear")).weight += b @ a
+                model.get_submodule(path).weight += weights[path + _LOW_RANK_B] @ a
 
 
 # The suffix of a packed weight's per-row scales (see ``packed``).
