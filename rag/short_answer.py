@@ -48,6 +48,16 @@ _TITLES = frozenset(
     "colonel captain judge justice bishop archbishop head leader".split()
 )
 _NATIONALITY = re.compile(r"^[a-z]+(ian|ean|ese|ish|ic|an|i)$")
+# The endings of a nationality that place names seldom share ("Japan", "Oman" end in -an, "Mali",
+# "Helsinki" in -i, so those stay): "the Belarusian capital" names no city, Minsk does. A question
+# about a country or a region may be answered by one ("Which region invented it?" "European").
+_DEMONYM = re.compile(r"^[a-z]+(ian|ean|ese|ish)$")
+_ASKS_COUNTRY = re.compile(r"\b(countr(y|ies)|regions?|nations?|states?|continents?)\b", re.IGNORECASE)
+# Capitalised, but a date: never the person or the place asked for ("published Wednesday").
+_CALENDAR = frozenset(
+    "monday tuesday wednesday thursday friday saturday sunday january february march april may june july "
+    "august september october november december".split()
+)
 _WORDS = re.compile(r"[\w’'-]+")
 
 
@@ -73,7 +83,7 @@ def _bare(word: str) -> str:
     return word.lower().strip("’'.").removesuffix("’s").removesuffix("'s")
 
 
-def _names(quote: str, kind: str, asked: set[str]) -> list[Span]:
+def _names(quote: str, kind: str, asked: set[str], demonyms: bool) -> list[Span]:
     """Capitalised phrases that the question does not already say, shorn of leading function words (and,
     for a person, of titles and nationalities: "Serbian Foreign Minister Marko Djuric" is "Marko Djuric")."""
     found = []
@@ -92,6 +102,11 @@ def _names(quote: str, kind: str, asked: set[str]) -> list[Span]:
                 continue
             if len(words) == 1 and _NATIONALITY.match(words[0][2].lower()):  # "Serbian" names no one
                 continue
+        if len(words) == 1 and (
+            _bare(words[0][2]) in _CALENDAR
+            or (kind == "place" and not demonyms and _DEMONYM.match(_bare(words[0][2])))
+        ):
+            continue
         if not words or all(_bare(w) in asked for *_, w in words):
             continue
         start, end = words[0][0], words[-1][1]
@@ -100,14 +115,15 @@ def _names(quote: str, kind: str, asked: set[str]) -> list[Span]:
     return found
 
 
-def candidates(quote: str, kind: str, asked: set[str]) -> list[Span]:
-    """Every phrase of the quote of the kind asked for that is not already in the question."""
+def candidates(quote: str, kind: str, asked: set[str], *, demonyms: bool = False) -> list[Span]:
+    """Every phrase of the quote of the kind asked for that is not already in the question (a lone
+    nationality stands for a place only when ``demonyms``)."""
     if kind == "number":
         found = [Span(m.start(), m.end()) for m in _NUMBER_PHRASE.finditer(quote)]
     elif kind == "date":
         found = [Span(m.start(), m.end()) for m in _DATE_PHRASE.finditer(quote)]
     else:
-        found = _names(quote, kind, asked)
+        found = _names(quote, kind, asked, demonyms)
     return [f for f in found if not {w.lower() for w in quote[f.start : f.end].split()} <= asked]
 
 
@@ -117,7 +133,7 @@ def short_answer(question: str, quote: str) -> Span | None:
     kind = expected_kind(question)
     if kind is None:
         return None
-    found = candidates(quote, kind, _asked_words(question))
+    found = candidates(quote, kind, _asked_words(question), demonyms=bool(_ASKS_COUNTRY.search(question)))
     if not found:
         return None
     terms = set(tokenize([question])[0])

@@ -91,6 +91,17 @@ def phrase(question: str, quote: str) -> str | None:
         ("Why did the ministers meet?", "The ministers met to settle the fishing dispute.", None),
         ("Who chaired the meeting?", "The meeting was chaired by the eldest member.", None),  # no name there
         ("Who offered to mediate?", "The Norwegian proposal to mediate was welcomed.", None),  # a nationality
+        (  # a weekday is a date, never the place or person asked for
+            "Which city did the governor offer as a venue?",
+            "In remarks published Thursday, the governor named Tartu, an Estonian university town, as venue.",
+            "Tartu",
+        ),
+        ("Who spoke on Monday?", "On Monday, Ilse Vogel spoke first.", "Ilse Vogel"),
+        ("When did Ilse Vogel speak?", "Ilse Vogel spoke on Monday.", "Monday"),
+        # a nationality nearer the question's words is not the place; a place may end in -an
+        ("Where were the talks held?", "The talks were held in the Estonian capital, Tallinn.", "Tallinn"),
+        ("Where were the talks held?", "The talks were held in Japan.", "Japan"),
+        ("Which country sent observers?", "Observers came from the Finnish government.", "Finnish"),
     ],
 )
 def test_the_short_answer_is_the_phrase_asked_for(question: str, quote: str, expected: str | None) -> None:
