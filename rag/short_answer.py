@@ -25,11 +25,13 @@ _NUMBER_PHRASE = re.compile(
     + _UNIT,
     re.IGNORECASE,
 )
-_MONTH = r"(?:January|February|March|April|May|June|July|August|September|October|November|December)"
+_MONTHS = "January February March April May June July August September October November December".split()
+_WEEKDAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+_MONTH = f"(?:{'|'.join(_MONTHS)})"
 _DATE_PHRASE = re.compile(
     rf"\b(?:\d{{1,2}}\s+{_MONTH}(?:\s+\d{{4}})?|{_MONTH}(?:\s+\d{{1,2}}(?:st|nd|rd|th)?)?(?:,?\s+\d{{4}})?|"
     r"(?:early |late |mid-)?(?:1[0-9]\d\d|20\d\d)s?|\d{1,2}(?:st|nd|rd|th) century|"
-    r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday))\b"
+    rf"(?:{'|'.join(_WEEKDAYS)}))\b"
 )
 _NAME_PHRASE = re.compile(
     r"\b[A-Z][\w’'.-]*(?:\s+(?:(?:of|de|da|von|van|al|bin|la|du|del)\s+)?[A-Z][\w’'.-]*)*"
@@ -54,10 +56,7 @@ _NATIONALITY = re.compile(r"^[a-z]+(ian|ean|ese|ish|ic|an|i)$")
 _DEMONYM = re.compile(r"^[a-z]+(ian|ean|ese|ish)$")
 _ASKS_COUNTRY = re.compile(r"\b(countr(y|ies)|regions?|nations?|states?|continents?)\b", re.IGNORECASE)
 # Capitalised, but a date: never the person or the place asked for ("published Wednesday").
-_CALENDAR = frozenset(
-    "monday tuesday wednesday thursday friday saturday sunday january february march april may june july "
-    "august september october november december".split()
-)
+_CALENDAR = frozenset(w.lower() for w in _MONTHS + _WEEKDAYS)
 _WORDS = re.compile(r"[\w’'-]+")
 
 
