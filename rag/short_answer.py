@@ -82,6 +82,16 @@ def _bare(word: str) -> str:
     return word.lower().strip("’'.").removesuffix("’s").removesuffix("'s")
 
 
+def _names_nothing_asked(word: str, kind: str, demonyms: bool) -> bool:
+    """Whether a lone capitalised word cannot be the person or place asked for: a weekday or a month is a
+    date; a nationality ("Serbian") names no one, nor a place unless ``demonyms``."""
+    if _bare(word) in _CALENDAR:
+        return True
+    if kind == "person":
+        return bool(_NATIONALITY.match(word.lower()))
+    return kind == "place" and not demonyms and bool(_DEMONYM.match(_bare(word)))
+
+
 def _names(quote: str, kind: str, asked: set[str], demonyms: bool) -> list[Span]:
     """Capitalised phrases that the question does not already say, shorn of leading function words (and,
     for a person, of titles and nationalities: "Serbian Foreign Minister Marko Djuric" is "Marko Djuric")."""
@@ -99,12 +109,7 @@ def _names(quote: str, kind: str, asked: set[str], demonyms: bool) -> list[Span]
                 words = words[1:]
             if any("-" in w for *_, w in words):  # "Russia-Ukraine": two places joined, not a person
                 continue
-            if len(words) == 1 and _NATIONALITY.match(words[0][2].lower()):  # "Serbian" names no one
-                continue
-        if len(words) == 1 and (
-            _bare(words[0][2]) in _CALENDAR
-            or (kind == "place" and not demonyms and _DEMONYM.match(_bare(words[0][2])))
-        ):
+        if len(words) == 1 and _names_nothing_asked(words[0][2], kind, demonyms):
             continue
         if not words or all(_bare(w) in asked for *_, w in words):
             continue
