@@ -59,6 +59,12 @@ class DenseIndex:
         return bool(self.settings.chroma_url)
 
     # --- opening -------------------------------------------------------------------------------------
+    @staticmethod
+    def import_library() -> None:
+        """Import chromadb now (0.45 s, holding the interpreter lock), so that a start-up can load the
+        embedding model beside it; opening the client later finds it imported."""
+        import chromadb  # noqa: F401
+
     @property
     def client(self) -> ClientAPI:
         with self._lock:

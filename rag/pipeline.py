@@ -243,6 +243,7 @@ class Pipeline:
             if not self.index.exists:
                 self.ingest()
             else:
+                self._load_model_while_importing_chroma()
                 self.index.check_compatible()
                 warming = self._warm_dense_index()
                 if self.corpus_changed():
@@ -254,6 +255,23 @@ class Pipeline:
                 warming.join()
             self.index.dense.collection  # noqa: B018  (open Chroma now, not inside the first visitor's request)
             self._prepared = True
+
+    def _load_model_while_importing_chroma(self) -> None:
+        """Load the embedding model on a thread while chromadb is imported here: ONNX Runtime builds its
+        session without the interpreter lock and the import holds it, so side by side they cost the
+        longer of the two. A failure to load is left to the compatibility check, which needs the model's
+        dimension and reports it."""
+
+        def load() -> None:
+            try:
+                self.embedder.dimension  # noqa: B018
+            except Exception:
+                log.debug("Loading the embedding model early failed; the check reloads it", exc_info=True)
+
+        thread = threading.Thread(target=load, name="rag-load-model", daemon=True)
+        thread.start()
+        self.index.dense.import_library()
+        thread.join()
 
     def _warm_dense_index(self) -> threading.Thread:
         """Open Chroma here, then load its nearest-neighbour graph in a thread beside the start-up's other
