@@ -257,16 +257,18 @@ class Pipeline:
             self._prepared = True
 
     def _load_model_while_importing_chroma(self) -> None:
-        """Load the embedding model on a thread while chromadb is imported here: ONNX Runtime builds its
-        session without the interpreter lock and the import holds it, so side by side they cost the
-        longer of the two. A failure to load is left to the compatibility check, which needs the model's
-        dimension and reports it."""
+        """Load the embedding model and the answer reranker on a thread while chromadb is imported here:
+        ONNX Runtime builds its sessions without the interpreter lock and the import holds it, so side
+        by side they cost the longer of the two. A failure to load is left to the compatibility check
+        (which needs the model's dimension) and to the first question, which report it."""
 
         def load() -> None:
             try:
                 self.embedder.dimension  # noqa: B018
+                if self.answerer.reranker is not None:
+                    self.answerer.reranker.prepare()
             except Exception:
-                log.debug("Loading the embedding model early failed; the check reloads it", exc_info=True)
+                log.debug("Loading a model early failed; its first use loads it again", exc_info=True)
 
         thread = threading.Thread(target=load, name="rag-load-model", daemon=True)
         thread.start()
