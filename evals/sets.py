@@ -1,6 +1,8 @@
 """The question sets `make eval` runs, each over its own corpus.
 
-By default: the shipped set (``evals/questions.jsonl`` over ``corpus/``) and ``wiki-squad2`` (read from
+By default: the shipped set (``evals/questions.jsonl`` over ``corpus/``), the reworded set
+(``evals/reworded.jsonl`` over the same articles: questions worded away from the text, written to
+measure that and never tuned on) and ``wiki-squad2`` (read from
 ``../shared/data`` beside the repository at eval time, never copied into it; skipped with a note when
 absent). ``--set NAME=QUESTIONS:CORPUS`` adds others.
 
@@ -48,7 +50,10 @@ def parse_set_spec(spec: str) -> QuestionSet:
 
 def default_sets(shared_data: Path = SHARED_DATA) -> tuple[list[QuestionSet], list[str]]:
     """The sets run by default, and a line for each one that is not available here."""
-    sets = [QuestionSet("shipped", HERE / "questions.jsonl", REPO / "corpus")]
+    sets = [
+        QuestionSet("shipped", HERE / "questions.jsonl", REPO / "corpus"),
+        QuestionSet("reworded", HERE / "reworded.jsonl", REPO / "corpus"),
+    ]
     notes = []
     squad = shared_data / "wiki-squad2"
     if (squad / "questions.jsonl").is_file() and (squad / "docs").is_dir():

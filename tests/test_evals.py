@@ -80,6 +80,32 @@ def test_question_set_is_well_formed_and_its_evidence_is_verbatim() -> None:
     json.dumps(questions)
 
 
+def test_the_reworded_set_is_verbatim_in_its_answers_and_shares_no_wording_with_the_text() -> None:
+    """Its premise: every answer and evidence is in the cleaned text of one article, and no answerable
+    question repeats five words in a row of any article, names included (it measures questions worded
+    away from the text; its unanswerable ones may echo the text, as adversarial questions do)."""
+    from rag.articles import load_articles
+
+    texts = [a.text for a in load_articles([CORPUS], max_bytes=10_000_000)[0]]
+    five_grams = {
+        tuple(words[i : i + 5])
+        for t in texts
+        for words in [re.findall(r"\w+", t.lower())]
+        for i in range(len(words) - 4)
+    }
+    questions = load_questions(HERE / "reworded.jsonl")
+    assert len(questions) >= 60 and len({q["id"] for q in questions}) == len(questions)
+    assert sum(not q["answers"] for q in questions) >= 20
+    for q in questions:
+        assert bool(q["answers"]) == (q["type"] != "unanswerable"), q["id"]
+        for e in q["evidence"]:
+            assert any(e in t for t in texts), q["id"]
+            assert any(a in e for a in q["answers"]), q["id"]
+        words = re.findall(r"\w+", q["question"].lower())
+        if q["answers"]:
+            assert not {tuple(words[i : i + 5]) for i in range(len(words) - 4)} & five_grams, q["id"]
+
+
 def test_benchmark_distractors_restate_no_source_sentence_and_name_no_source_name(tmp_path: Path) -> None:
     """The benchmark's premise: among thousands of distractors the shipped questions keep one right
     answer. A distractor may share the sources' vocabulary, not a whole statement or a name."""
