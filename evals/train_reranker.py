@@ -10,7 +10,10 @@ Pairs per question (only questions whose answer offset is exact, ``offset_method
 - the sentence sharing most words from another paragraph of the same article: 0 (a retrieval miss, as in
   the synthetic negatives);
 - the answer sentence against the question with one of its names or numbers swapped for another of the
-  article's: 0 (right kind, wrong entity: what SQuAD 2.0's adversarial questions do).
+  article's: 0 (right kind, wrong entity: what SQuAD 2.0's adversarial questions do);
+- the answer sentence against the question with one of its names swapped for another name the sentence
+  itself holds in another role: 0 ("Who is Ukraine's foreign minister?" is not answered by "Serbian
+  Foreign Minister X said … Ukraine …", though the sentence holds every word of it).
 
 The split is the data's own: ``train`` articles are fitted, ``valid`` articles (others) are reported:
 accuracy at picking the answer sentence within its paragraph, beside the embedding cosine, and how well
@@ -64,7 +67,7 @@ class Pair:
     question: str
     sentence: str
     label: int
-    kind: str  # answer | paragraph | random | elsewhere | swap
+    kind: str  # answer | paragraph | random | elsewhere | swap | role
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Example:
     gold: int
     other_paragraph: list[str]
     article_names: list[str]
+    answer: str
 
 
 def read_jsonl_gz(path: Path) -> Iterator[dict[str, Any]]:
@@ -131,6 +135,7 @@ def examples(data: Path, split: str, limit: int, rng: random.Random) -> list[Exa
                 gold=gold,
                 other_paragraph=[text[s.start : s.end] for s in sentence_spans(text, *other)],
                 article_names=names[row["doc_id"]],
+                answer=row["answers"][0],
             )
         )
     return found
@@ -146,15 +151,37 @@ def most_shared(question: str, sentences: list[str]) -> int:
 def swapped(question: str, sentence: str, names: list[str], rng: random.Random) -> str | None:
     """The question with one name or number that its answer sentence also holds replaced by another of the
     article's, so that the sentence no longer answers it; None when there is nothing to swap."""
+    return _swap_shared_name(question, sentence, [n for n in names if n not in sentence], rng)
+
+
+def swapped_within(question: str, sentence: str, answer: str, rng: random.Random) -> str | None:
+    """The question with one name that its answer sentence also holds replaced by another name of that
+    sentence (not the answer's): every word is still there, but the roles no longer match; None when
+    the sentence names nothing else."""
+    names = [m.group(0) for m in NAME_OR_NUMBER.finditer(sentence) if m.start() > 0]
+    others = [n for n in dict.fromkeys(names) if not n[0].isdigit() and n not in answer and answer not in n]
+    return _swap_shared_name(question, sentence, others, rng)
+
+
+def _swap_shared_name(question: str, sentence: str, candidates: list[str], rng: random.Random) -> str | None:
+    """One of the question's names or numbers that ``sentence`` holds, replaced by one of ``candidates``
+    of the same sort (a number for a number) that the question does not hold and that neither holds nor
+    is part of the name it replaces ("United Nations" -> "United Nations General Assembly" still asks
+    the same)."""
     shared = [m for m in NAME_OR_NUMBER.finditer(question) if m.start() > 0 and m.group(0) in sentence]
     if not shared:
         return None
     target = rng.choice(shared)
     is_number = target.group(0)[0].isdigit()
+    name = target.group(0)
     pool = [
         n
-        for n in names
-        if n[0].isdigit() == is_number and n not in sentence and n not in question and len(n) > 1
+        for n in candidates
+        if n[0].isdigit() == is_number
+        and len(n) > 1
+        and n not in question
+        and name not in n
+        and n not in name
     ]
     if not pool:
         return None
@@ -176,6 +203,9 @@ def pairs_of(example: Example, rng: random.Random) -> list[Pair]:
     changed = swapped(q, sentences[gold], example.article_names, rng)
     if changed:
         found.append(Pair(changed, sentences[gold], 0, "swap"))
+    changed = swapped_within(q, sentences[gold], example.answer, rng)
+    if changed:
+        found.append(Pair(changed, sentences[gold], 0, "role"))
     return found
 
 
@@ -321,9 +351,8 @@ def fit(
     started = time.perf_counter()
     train = examples(data, "train", questions, rng)
     pairs = [p for e in train for p in pairs_of(e, rng)]
-    counts = {
-        k: sum(p.kind == k for p in pairs) for k in ("answer", "paragraph", "random", "elsewhere", "swap")
-    }
+    kinds = ("answer", "paragraph", "random", "elsewhere", "swap", "role")
+    counts = {k: sum(p.kind == k for p in pairs) for k in kinds}
     print(
         f"{len(train)} questions, {len(pairs)} pairs {counts} ({time.perf_counter() - started:.0f} s)",
         flush=True,
