@@ -47,7 +47,7 @@ format: setup
 clean:
 	rm -rf .rag_index .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
-eval: setup  ## every question set (shipped, ../shared/data/wiki-squad2, EVAL_ARGS="--set N=Q:C"), ours beside the LangChain peer, with risk-coverage curves
+eval: setup  ## every question set (shipped, reworded, ../shared/data/wiki-squad2, EVAL_ARGS="--set N=Q:C"), ours beside the LangChain peer, with risk-coverage curves
 	$(BIN)/python -m evals.run $(EVAL_ARGS)
 
 train: setup  ## fine-tune the answer reranker on ../shared/data/squad11-train, then fit its confidence (~40 min on 2 cores)
