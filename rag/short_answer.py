@@ -36,6 +36,9 @@ _DATE_PHRASE = re.compile(
 _NAME_PHRASE = re.compile(
     r"\b[A-Z][\w’'.-]*(?:\s+(?:(?:of|de|da|von|van|al|bin|la|du|del)\s+)?[A-Z][\w’'.-]*)*"
 )
+# A word that ends its sentence: a full stop after four or more letters ("Zelensky."), where "Dr." and
+# "U.S." are abbreviations inside a name.
+_SENTENCE_END = re.compile(r"[^.]{4,}\.")
 # Capitalised words that open sentences and clauses without naming anything.
 _NOT_NAMES = frozenset(
     "the a an he she it they we i this that these those his her their its in on at by for from with "
@@ -75,7 +78,8 @@ def expected_kind(question: str) -> str | None:
 
 
 def _asked_words(question: str) -> set[str]:
-    return {w.lower().strip("’'") for w in _WORDS.findall(question)}
+    """The question's words as written and bare: "Serbia's protests" says Serbia."""
+    return {form for w in _WORDS.findall(question) for form in (w.lower().strip("’'"), _bare(w))}
 
 
 def _bare(word: str) -> str:
@@ -102,6 +106,9 @@ def _names(quote: str, kind: str, asked: set[str], demonyms: bool) -> list[Span]
         ]
         while words and _bare(words[0][2]) in _NOT_NAMES:
             words = words[1:]
+        ends = [i for i, (*_, w) in enumerate(words[:-1]) if _SENTENCE_END.fullmatch(w)]
+        if ends:  # "… with Putin and Zelensky. This direct appeal …": the name ends with its sentence
+            words = words[: ends[0] + 1]
         if kind == "person":
             while len(words) > 1 and (
                 words[0][2].lower() in _TITLES or _NATIONALITY.match(words[0][2].lower())

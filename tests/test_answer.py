@@ -102,6 +102,16 @@ def phrase(question: str, quote: str) -> str | None:
         ("Where were the talks held?", "The talks were held in the Estonian capital, Tallinn.", "Tallinn"),
         ("Where were the talks held?", "The talks were held in Japan.", "Japan"),
         ("Which country sent observers?", "Observers came from the Finnish government.", "Finnish"),
+        (  # the question says Norway, if only in the possessive
+            "In which town did the bridge collapse that set off Norway's protests?",
+            "Norway has seen months of protests since a bridge collapsed in Alta.",
+            "Alta",
+        ),
+        (  # a name ends with its sentence, whatever capitalised word opens the next
+            "Where will the envoy meet Ilse Vogel?",
+            "The envoy said he would see Ilse Vogel. This meeting is to take place in Bergen.",
+            "Bergen",
+        ),
     ],
 )
 def test_the_short_answer_is_the_phrase_asked_for(question: str, quote: str, expected: str | None) -> None:
