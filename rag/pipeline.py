@@ -263,15 +263,13 @@ class Pipeline:
         (which needs the model's dimension) and to the first question, which report it."""
 
         def load() -> None:
-            try:
-                self.embedder.dimension  # noqa: B018
-                if self.answerer.reranker is not None:
-                    self.answerer.reranker.prepare()
-            except Exception:
-                log.debug("Loading a model early failed; its first use loads it again", exc_info=True)
+            self.embedder.dimension  # noqa: B018
+            if self.answerer.reranker is not None:
+                self.answerer.reranker.prepare()
 
-        thread = threading.Thread(target=load, name="rag-load-model", daemon=True)
-        thread.start()
+        thread = _start_beside(
+            load, "rag-load-model", "Loading a model early failed; its first use loads it again"
+        )
         self.index.dense.import_library()
         thread.join()
 
@@ -281,16 +279,11 @@ class Pipeline:
         opened it would starve the corpus check's 30,000 file stats. A failure while loading is left to
         the first search, which meets and reports it."""
         self.index.dense.collection  # noqa: B018
-
-        def warm() -> None:
-            try:
-                self.index.dense.warm()
-            except Exception:
-                log.debug("Loading the dense index early failed; the first search loads it", exc_info=True)
-
-        thread = threading.Thread(target=warm, name="rag-warm-dense-index", daemon=True)
-        thread.start()
-        return thread
+        return _start_beside(
+            self.index.dense.warm,
+            "rag-warm-dense-index",
+            "Loading the dense index early failed; the first search loads it",
+        )
 
     def _sync_corpus_unless_busy(self) -> None:
         """Take in the corpus folder's changes now, unless another ingest is writing: a chat that starts
@@ -447,6 +440,21 @@ class Pipeline:
         self.ensure_ready()
         self.index.refresh()
         return list(self.index.store.get(self.index.catalog()).values())
+
+
+def _start_beside(work: Callable[[], object], name: str, failure: str) -> threading.Thread:
+    """Start-up work on a thread beside the main one. A failure there is only logged: the same work runs
+    again where it is needed (the check or the first question), which reports it."""
+
+    def run() -> None:
+        try:
+            work()
+        except Exception:
+            log.debug(failure, exc_info=True)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 def _fallback_notice(why: str) -> str:
